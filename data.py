@@ -1,0 +1,148 @@
+"""What several stages share: the data sets, atomic checkpoint writes, and the run loader.
+
+Data sets come back whole as uint8 tensors (N, C, H, W) with int64 labels: MNIST-sized sets fit in
+memory (and on a GPU), so training indexes random batches with no DataLoader workers.
+"""
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoder import Encoder
+from sde import VESDE
+from unet import UNet
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "shapes")
+IMAGE_SHAPE = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "shapes": (1, 28, 28),
+               "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+# Debian's `apt-get install dataset-fashion-mnist` puts the IDX files here.
+SYSTEM_IDX_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}
+IDX_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+
+
+class DataError(Exception):
+    """A data set that cannot be had; its message says where we looked and what to do."""
+
+
+def read_idx(path):
+    """Read an IDX file (plain or .gz) into a numpy array."""
+    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
+        _, dtype, ndim = struct.unpack(">HBB", f.read(4))
+        if dtype != 0x08:
+            raise DataError(f"{path}: IDX type {dtype:#x} is not unsigned bytes")
+        shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+        return np.frombuffer(f.read(), dtype=np.uint8).reshape(shape)
+
+
+def find_idx(folder, stem):
+    for name in (stem, stem + ".gz"):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def idx_folders(name, data_dir):
+    torchvision_name = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
+    return [Path(data_dir), Path(data_dir) / name, Path(data_dir) / torchvision_name / "raw",
+            *map(Path, SYSTEM_IDX_DIRS.get(name, []))]
+
+
+def make_shapes(n, seed=0, size=28):
+    """A tiny procedural data set with a coarse and a fine factor, made in code (no download).
+
+    Coarse factor, the label: the shape (0 circle, 1 square, 2 diamond, 3 plus). Fine factor: the
+    stroke width, 1, 2 or 3 pixels. Radius and centre vary a little. Outlines are antialiased by
+    drawing pixels whose distance to the outline is below half the width. Returns
+    (images uint8 (n, 1, size, size), shape labels (n,), stroke widths (n,)).
+    """
+    g = torch.Generator().manual_seed(seed)
+    label = torch.randint(4, (n,), generator=g)
+    width = torch.randint(1, 4, (n,), generator=g).float()
+    radius = size * (0.22 + 0.12 * torch.rand(n, generator=g))
+    centre = size / 2 - 0.5 + 2 * (torch.rand(n, 2, generator=g) - 0.5)
+    coords = torch.arange(size, dtype=torch.float32)
+    dy = coords[None, :, None] - centre[:, 0, None, None]
+    dx = coords[None, None, :] - centre[:, 1, None, None]
+    r, ax, ay = radius[:, None, None], dx.abs(), dy.abs()
+    dist = torch.stack([
+        (torch.sqrt(dx ** 2 + dy ** 2) - r).abs(),                      # circle
+        (torch.maximum(ax, ay) - r).abs(),                              # square
+        (ax + ay - r).abs() / 2 ** 0.5,                                 # diamond
+        torch.where(ax < ay, torch.maximum(ax, ay - r), torch.maximum(ay, ax - r)).clamp(min=0),  # plus
+    ])[label, torch.arange(n)]
+    img = (width[:, None, None] / 2 - dist + 0.5).clamp(0, 1)
+    return (img * 255).round().to(torch.uint8)[:, None], label, width.long()
+
+
+def load_dataset(name, data_dir="./data", train=True):
+    """Return (images uint8 (N, C, H, W), labels int64 (N,)). Raises DataError with a one-line fix."""
+    if name == "shapes":
+        images, labels, _ = make_shapes(6000 if train else 1000, seed=0 if train else 1)
+        return images, labels
+    if name in ("mnist", "fashion_mnist"):
+        folders = idx_folders(name, data_dir)
+        for folder in folders:
+            paths = [find_idx(folder, stem) for stem in IDX_FILES[train]]
+            if all(paths):
+                images, labels = (torch.from_numpy(read_idx(p).copy()) for p in paths)
+                return images[:, None], labels.long()
+    if name not in DATASETS:
+        raise DataError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
+    import torchvision  # only for the downloads
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
+           "cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    try:
+        ds = cls(root=data_dir, train=train, download=True)
+    except Exception as e:  # offline, or a broken partial download
+        looked = ", ".join(map(str, idx_folders(name, data_dir))) if name in ("mnist", "fashion_mnist") else data_dir
+        hint = " (or `apt-get install dataset-fashion-mnist`)" if name == "fashion_mnist" else ""
+        raise DataError(f"{name}: not found in {looked} and the download failed ({type(e).__name__}): "
+                        f"copy the data set's files there{hint}, pass --data-dir, or use --dataset shapes") from None
+    images = torch.as_tensor(np.asarray(ds.data))
+    images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)
+    return images.contiguous(), torch.as_tensor(np.asarray(ds.targets)).long()
+
+
+# ---- checkpoints ----
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def build_nets(config):
+    """Rebuild (score_net, encoder or None) from the constructor arguments stored in a checkpoint."""
+    score_net = UNet(**config["score_net"])
+    encoder = Encoder(**config["encoder"]) if config.get("encoder") else None
+    return score_net, encoder
+
+
+def load_run(path, device="cpu", ema=True):
+    """Load a train_drl.py checkpoint: returns (score_net, encoder or None, sde, ckpt), networks in
+    eval mode on `device`, EMA weights unless ema=False. Raises DataError on a wrong or missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such checkpoint; train one with `python train_drl.py --out RUN`, "
+                        f"then pass RUN/ckpt.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}); "
+                        f"pass a ckpt.pt written by train_drl.py") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "drl_train":
+        raise DataError(f"{path}: not a train_drl.py checkpoint; pass RUN/ckpt.pt from train_drl.py")
+    score_net, encoder = build_nets(ckpt["config"])
+    prefix = "ema_" if ema else ""
+    score_net.load_state_dict(ckpt[prefix + "score_net"])
+    if encoder is not None:
+        encoder.load_state_dict(ckpt[prefix + "encoder"])
+        encoder.to(device).eval()
+    sde = VESDE(ckpt["config"]["score_net"]["sigma_min"], ckpt["config"]["score_net"]["sigma_max"])
+    return score_net.to(device).eval(), encoder, sde, ckpt

@@ -1,0 +1,105 @@
+"""The variance-exploding SDE, the DRL loss and the denoising-score-matching floor.
+
+TMLR paper, sec. 1.1-2: dx = sqrt(d[sigma^2(t)]/dt) dw with sigma(t) = sigma_min (sigma_max/sigma_min)^t.
+
+Convention (kept everywhere in this codebase): the perturbation kernel is the paper's,
+p_0t(x_t | x_0) = N(x_0, (sigma(t)^2 - sigma(0)^2) I), so x_t = x_0 exactly at t = 0. (score_sde
+uses sigma(t) itself as the std, which neglects sigma(0).) `marginal_std(t)` is that kernel's std,
+and the loss weight is its variance, lambda(t) = sigma(t)^2 - sigma(0)^2: the paper's sigma(t)^2 to
+within sigma_min^2 = 1e-4, and it makes the weighted target exactly unit noise at every t.
+
+Everything here is float32 maths on plain tensors; nothing depends on the networks.
+"""
+import math
+
+import torch
+
+
+class VESDE:
+    def __init__(self, sigma_min=0.01, sigma_max=50.0):
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    def sigma(self, t):
+        return self.sigma_min * torch.exp(t * self.log_ratio)
+
+    def g(self, t):
+        """Diffusion coefficient g(t) = sqrt(d sigma^2 / dt) = sigma(t) sqrt(2 log(sigma_max/sigma_min)), eq. 1."""
+        return self.sigma(t) * math.sqrt(2 * self.log_ratio)
+
+    def marginal_std(self, t):
+        """Std of p_0t(x_t | x_0): sqrt(sigma(t)^2 - sigma(0)^2)."""
+        return torch.sqrt(self.sigma(t) ** 2 - self.sigma_min ** 2)
+
+    def perturb(self, x0, t, noise):
+        """x_t = x_0 + marginal_std(t) * noise, a sample of p_0t(x_t | x_0)."""
+        return x0 + _bc(self.marginal_std(t), x0) * noise
+
+    def kernel_score(self, x_t, x0, t):
+        """grad_{x_t} log p_0t(x_t | x_0) = -(x_t - x_0) / std^2."""
+        return -(x_t - x0) / _bc(self.marginal_std(t), x0) ** 2
+
+    def prior_sampling(self, shape, t=1.0, device=None, generator=None):
+        """x_T ~ N(0, marginal_std(t)^2 I); the data mean is neglected next to sigma_max."""
+        std = math.sqrt((self.sigma_min * math.exp(t * self.log_ratio)) ** 2 - self.sigma_min ** 2)
+        return torch.randn(shape, device=device, generator=generator) * std
+
+    def reverse_drift(self, x, t, score):
+        """Drift of the reverse-time SDE, eq. 2: f - g^2 score, with f = 0 for the VE SDE."""
+        return -_bc(self.g(t), x) ** 2 * score
+
+    def sample_t(self, n, mode="uniform", t_fixed=0.5, eps=1e-5, device=None):
+        """Training times; the mode sets what the code encodes (granularity control, TMLR sec. 3.3).
+
+        uniform: t ~ U(eps, 1).  sigma: sigma(t) ~ U(sigma_min, sigma_max), which puts most
+        weight on high noise (class-level codes).  fixed: every t = t_fixed (single timescale).
+        """
+        if mode == "uniform":
+            return eps + (1 - eps) * torch.rand(n, device=device)
+        if mode == "sigma":
+            s = self.sigma_min + (self.sigma_max - self.sigma_min) * torch.rand(n, device=device)
+            return (torch.log(s / self.sigma_min) / self.log_ratio).clamp(min=eps)
+        if mode == "fixed":
+            return torch.full((n,), float(t_fixed), device=device)
+        raise ValueError(f"unknown t-sampling mode {mode!r}: use uniform, sigma or fixed")
+
+
+def _bc(v, x):
+    """Broadcast a per-sample vector v (B,) against a batch x (B, ...)."""
+    return v.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+def dsm_loss(score, noise, std):
+    """Per-sample DRL/DSM loss, eq. 7 (TMLR): lambda(t) || s - grad log p_0t(x_t|x_0) ||^2, summed
+    over pixels. With lambda = std^2 and grad log p_0t = -noise / std this is ||std * s + noise||^2."""
+    return (_bc(std, score) * score.float() + noise).square().flatten(1).sum(1)
+
+
+def kl_to_standard_normal(mu, logvar):
+    """KL( N(mu, exp(logvar)) || N(0, I) ) per sample, eq. 8 (TMLR)."""
+    return 0.5 * (mu.square() + logvar.exp() - 1 - logvar).flatten(1).sum(1)
+
+
+# ---- The DSM floor, eq. 6: for a finite data set the marginal p_t is a Gaussian mixture. ----
+
+def mixture_score(x_t, data, std):
+    """Exact grad log p_t(x_t) for p_t = mean_i N(data_i, std^2 I): sum_i w_i (data_i - x_t) / std^2,
+    with w = softmax_i(-||x_t - data_i||^2 / (2 std^2)). x_t (B, ...), data (N, ...), std (B,)."""
+    xf, df = x_t.flatten(1).double(), data.flatten(1).double()
+    var = std.double()[:, None] ** 2
+    w = torch.softmax(-torch.cdist(xf, df).square() / (2 * var), dim=1)
+    return ((w @ df - xf) / var).reshape(x_t.shape).to(x_t.dtype)
+
+
+def dsm_floor(sde, data, t, n_mc=4096, generator=None):
+    """Monte-Carlo estimate of the constant in eq. 6,
+    E_{x_0, x_t} lambda(t) || grad log p_0t(x_t|x_0) - grad log p_t(x_t) ||^2,
+    the lowest DSM loss any score model s(x_t, t) can reach at time t. Returns (mean, std. error)."""
+    idx = torch.randint(len(data), (n_mc,), generator=generator)
+    x0 = data[idx]
+    t = torch.full((n_mc,), float(t))
+    noise = torch.randn(x0.shape, generator=generator)
+    std = sde.marginal_std(t)
+    x_t = sde.perturb(x0, t, noise)
+    per = dsm_loss(mixture_score(x_t, data, std), noise, std)
+    return per.mean().item(), (per.std() / math.sqrt(n_mc)).item()

@@ -1,0 +1,288 @@
+"""Train a DRL model: an encoder E(x_0[, t]) and a score net s(x_t, t, z) by denoising score matching.
+
+TMLR paper, eq. 7 (DRL), eq. 8 (VDRL), eq. 9 (time-conditioned encoder); `--objective score` is
+the plain score model s(x_t, t), whose loss cannot fall below the DSM floor of eq. 6.
+
+    python train_drl.py --dataset mnist                       # the paper's MNIST set-up (GPU-sized)
+    python train_drl.py --dataset fashion_mnist --preset cpu  # minutes on a laptop
+    python train_drl.py --dataset shapes --preset cpu --objective vdrl --latent-dim 2
+    python train_drl.py --dataset mnist --benchmark 50        # images/s of the training step
+
+Writes OUT/ckpt.pt (one dict, `torch.load(p, weights_only=True)`), OUT/config.json and
+OUT/stats.jsonl. Running the same command again resumes from OUT/ckpt.pt.
+"""
+import argparse
+import copy
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from data import DATASETS, IMAGE_SHAPE, DataError, build_nets, load_dataset, save_atomic
+from sde import VESDE, dsm_loss, kl_to_standard_normal
+
+# Presets fill every flag the user does not pass. "paper" follows the papers (app. D, ICML
+# workshop: two resolutions 28x28x32, 14x14x64, two residual blocks, 80k steps; Adam 2e-4, 5k warm-up,
+# clip 1, EMA 0.999); "cpu" is a small model and budget that gives a useful result in minutes on CPU.
+PRESETS = {
+    "paper": dict(ch=32, ch_mult=None, num_res_blocks=2, batch_size=128, steps=80_000, warmup=5000,
+                  log_every=100, save_every=5000, ema=0.999),
+    "cpu": dict(ch=16, ch_mult="1,2", num_res_blocks=1, batch_size=64, steps=3000, warmup=200,
+                log_every=50, save_every=500, ema=0.995),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", choices=PRESETS, default="paper")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist")
+    p.add_argument("--data-dir", default="./data")
+    p.add_argument("--out", default=None, help="run folder (default runs/DATASET-OBJECTIVE)")
+    p.add_argument("--objective", choices=["drl", "vdrl", "score"], default="drl")
+    p.add_argument("--time-cond", action=argparse.BooleanOptionalAction, default=False,
+                   help="time-conditioned encoder E(x0, t), eq. 9")
+    p.add_argument("--latent-dim", type=int, default=128)
+    p.add_argument("--t-sampling", choices=["uniform", "sigma", "fixed"], default="uniform")
+    p.add_argument("--t-fixed", type=float, default=0.5)
+    p.add_argument("--t-eps", type=float, default=1e-5)
+    p.add_argument("--l1", type=float, default=1e-5, help="L1 weight on z (drl)")
+    p.add_argument("--kl", type=float, default=1e-5, help="KL weight (vdrl)")
+    p.add_argument("--sigma-min", type=float, default=0.01)
+    p.add_argument("--sigma-max", type=float, default=50.0)
+    p.add_argument("--ch", type=int)
+    p.add_argument("--ch-mult", help="channel multipliers per resolution, e.g. 1,2,2 "
+                                     "(default 1,2 for 28px, 1,2,2 for 32px)")
+    p.add_argument("--num-res-blocks", type=int)
+    p.add_argument("--attn-res", default="", help="resolutions with self-attention, e.g. 14")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--warmup", type=int)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--ema", type=float)
+    p.add_argument("--amp", choices=["bf16", "fp16", "off"], default=None, help="default: bf16 on CUDA, off elsewhere")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-every", type=int)
+    p.add_argument("--save-every", type=int)
+    p.add_argument("--eval-n", type=int, default=1000, help="test images in the fixed-noise eval loss")
+    p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps, print images/s, exit")
+    preset = p.parse_known_args(argv)[0].preset
+    p.set_defaults(**PRESETS[preset])
+    args = p.parse_args(argv)
+    args.ch_mult = args.ch_mult or ("1,2" if IMAGE_SHAPE[args.dataset][1] == 28 else "1,2,2")
+    args.out = args.out or f"runs/{args.dataset}-{args.objective}"
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else
+                                  "mps" if torch.backends.mps.is_available() else "cpu")
+    args.amp = args.amp or ("bf16" if args.device.startswith("cuda") else "off")
+    return args
+
+
+def net_config(args):
+    """Constructor arguments of both networks: stored in the checkpoint so no later stage repeats them."""
+    in_ch, size, _ = IMAGE_SHAPE[args.dataset]
+    arch = dict(in_ch=in_ch, image_size=size, ch=args.ch, num_res_blocks=args.num_res_blocks,
+                ch_mult=[int(m) for m in args.ch_mult.split(",")],
+                attn_res=[int(r) for r in args.attn_res.split(",") if r],
+                sigma_min=args.sigma_min, sigma_max=args.sigma_max)
+    latent = 0 if args.objective == "score" else args.latent_dim
+    encoder = None if not latent else dict(arch, latent_dim=latent, probabilistic=args.objective == "vdrl",
+                                           time_cond=args.time_cond)
+    return dict(score_net=dict(arch, latent_dim=latent, dropout=args.dropout), encoder=encoder)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    out = Path(args.out)
+    ckpt_path = out / "ckpt.pt"
+
+    # ---- data: whole data set as uint8 on the device; random batches are one index op ----
+    try:
+        images, _ = load_dataset(args.dataset, args.data_dir, train=True)
+        test_images, _ = load_dataset(args.dataset, args.data_dir, train=False)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
+    images = images.to(device)
+    eval_x0 = test_images[: args.eval_n].to(device).float() / 255
+    data_gen = torch.Generator(device=device).manual_seed(args.seed)
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+    # ---- networks, EMA copies, optimizer ----
+    config = net_config(args)
+    score_net, encoder = build_nets(config)
+    nets = [m.to(device, memory_format=memory_format) for m in (score_net, encoder) if m is not None]
+    emas = [copy.deepcopy(m).eval().requires_grad_(False) for m in nets]
+    params = [p for m in nets for p in m.parameters()]
+    fused = device.type in ("cuda", "cpu")
+    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=fused)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
+    sde = VESDE(args.sigma_min, args.sigma_max)
+    n_params = sum(p.numel() for p in params)
+
+    step = 0
+    if ckpt_path.exists() and not args.benchmark:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        if ckpt.get("config") != config:
+            raise SystemExit(f"error: {ckpt_path} holds a run with other networks or objective; "
+                             f"pass the flags it was trained with (see {out}/config.json) or another --out")
+        score_net.load_state_dict(ckpt["score_net"])
+        emas[0].load_state_dict(ckpt["ema_score_net"])
+        if encoder is not None:
+            encoder.load_state_dict(ckpt["encoder"])
+            emas[1].load_state_dict(ckpt["ema_encoder"])
+        opt.load_state_dict(ckpt["opt"])
+        scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        data_gen.set_state(ckpt["rng"]["data"])
+        if device.type == "cuda" and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        step = ckpt["step"]
+        print(f"resuming {ckpt_path} from step {step}")
+        if step >= args.steps:
+            print(f"already trained to step {step} >= --steps {args.steps}: raise --steps to train on")
+            return
+    score_fn = torch.compile(score_net) if args.compile else score_net
+    encoder_fn = torch.compile(encoder) if args.compile and encoder is not None else encoder
+
+    def loss_terms(x0):
+        """DSM loss (eq. 7/9) and the code's regulariser, each averaged over the batch."""
+        t = sde.sample_t(x0.shape[0], args.t_sampling, args.t_fixed, args.t_eps, device)
+        noise = torch.randn_like(x0)
+        std = sde.marginal_std(t)
+        x_t = sde.perturb(x0, t, noise)
+        with autocast:
+            z, mu, logvar = encoder_fn.sample(x0, t) if encoder is not None else (None, None, None)
+            score = score_fn(x_t, t, z)
+        dsm = dsm_loss(score, noise, std).mean()
+        if args.objective == "vdrl":
+            reg = args.kl * kl_to_standard_normal(mu, logvar).mean()
+        elif args.objective == "drl":
+            reg = args.l1 * z.float().abs().sum(1).mean()
+        else:
+            reg = torch.zeros((), device=device)
+        return dsm, reg
+
+    def train_step(x0, step):
+        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        dsm, reg = loss_terms(x0)
+        scaler.scale(dsm + reg).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        decay = min(args.ema, (1 + step) / (10 + step))  # EMA warm-up: early averages forget fast
+        for ema, net in zip(emas, nets):
+            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
+        return dsm.detach(), reg.detach()
+
+    def next_batch():
+        idx = torch.randint(len(images), (args.batch_size,), device=device, generator=data_gen)
+        return (images[idx].float() / 255).contiguous(memory_format=memory_format)
+
+    @torch.no_grad()
+    def eval_loss():
+        """DSM loss of the EMA nets on fixed test images, t and noise: comparable across runs."""
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(1234)
+            total = 0.0
+            for x0 in eval_x0.split(250):
+                t = sde.sample_t(x0.shape[0], args.t_sampling, args.t_fixed, args.t_eps, device)
+                noise = torch.randn_like(x0)
+                with autocast:
+                    z = emas[1](x0, t)[0] if encoder is not None else None
+                    score = emas[0](sde.perturb(x0, t, noise), t, z)
+                total += dsm_loss(score, noise, sde.marginal_std(t)).sum().item()
+        return total / len(eval_x0)
+
+    if args.benchmark:
+        for m in nets:
+            m.train()
+        for _ in range(5):  # warm-up (and compilation)
+            train_step(next_batch(), 10**6)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(args.benchmark):
+            train_step(next_batch(), 10**6)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        flops = count_step_flops(loss_terms, next_batch())
+        ips = args.benchmark * args.batch_size / dt
+        mem = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
+        print(f"benchmark: {args.objective} {n_params / 1e6:.2f}M params, batch {args.batch_size}, amp {args.amp}, "
+              f"compile {args.compile}, {device}: {ips:.1f} images/s, {flops / args.batch_size / 1e9:.3f} GFLOP/image, "
+              f"{flops * args.benchmark / dt / 1e12:.3f} TFLOP/s{mem}")
+        return
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(dict(args=vars(args), nets=config), indent=2))
+
+    def save(step):
+        rng = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        state = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}
+        save_atomic(dict(
+            kind="drl_train", version=1, step=step, args=vars(args), config=config,
+            score_net=state(score_net), ema_score_net=state(emas[0]),
+            encoder=state(encoder) if encoder is not None else None,
+            ema_encoder=state(emas[1]) if encoder is not None else None,
+            opt=opt.state_dict(), scaler=scaler.state_dict(), rng=rng), ckpt_path)
+
+    print(f"{args.objective} on {args.dataset}: {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
+          f"{args.steps} steps, {device}, amp {args.amp}, out {out}")
+    for m in nets:
+        m.train()
+    sum_dsm, sum_reg, n_sum, t0, last_saved = 0.0, 0.0, 0, time.perf_counter(), step
+    while step < args.steps:
+        dsm, reg = train_step(next_batch(), step)
+        sum_dsm, sum_reg, n_sum, step = sum_dsm + dsm, sum_reg + reg, n_sum + 1, step + 1
+        at_save = step % args.save_every == 0 or step == args.steps
+        if step % args.log_every == 0 or at_save:
+            loss = (sum_dsm / n_sum).item()  # the one host sync per interval
+            if not math.isfinite(loss):
+                raise SystemExit(f"error: the loss became {loss} between steps {step - n_sum} and {step}; "
+                                 f"{ckpt_path} (step {last_saved}) is left intact: lower --lr or use --amp off")
+            dt = time.perf_counter() - t0
+            row = dict(step=step, loss=loss, reg=(sum_reg / n_sum).item(), lr=opt.param_groups[0]["lr"],
+                       images_per_s=n_sum * args.batch_size / dt)
+            if at_save:
+                row["eval_loss"] = eval_loss()
+                save(step)
+                last_saved = step
+            mem = f"  mem {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
+            ev = f"  eval {row['eval_loss']:.2f}" if at_save else ""
+            print(f"step {step:>7}  loss {loss:9.3f}  reg {row['reg']:.2e}{ev}  {row['images_per_s']:7.1f} img/s{mem}")
+            with open(out / "stats.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            sum_dsm, sum_reg, n_sum, t0 = 0.0, 0.0, 0, time.perf_counter()
+
+
+def count_step_flops(loss_terms, x0):
+    """FLOPs of one training step's forward and backward, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        dsm, reg = loss_terms(x0)
+        (dsm + reg).backward()
+    return counter.get_total_flops()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""A small U-Net score model s(x_t, t, z) with FiLM conditioning (TMLR paper, sec. 2 and app. D).
+
+Each residual block modulates its second GroupNorm with a scale and shift computed from one
+conditioning vector: norm(h) * (1 + scale) + shift (FiLM, as in improved-diffusion). That vector is
+the time embedding (Gaussian Fourier features of log sigma(t), then an MLP) plus, for DRL, an MLP
+embedding of the code z. Adding the two is how the paper joins them ("given as input to the model
+in the same way as the time embedding"). With latent_dim = 0 the net is a plain score model.
+
+The output is divided by the kernel's std, so the net predicts -noise and the score is right at
+every noise level; the input is scaled by 1 / sqrt(sigma_data^2 + std^2) (EDM's c_in) so every
+layer sees unit-scale activations from sigma = 0.01 to 50.
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from sde import VESDE
+
+
+def group_norm(ch):
+    groups = min(32, max(1, ch // 4))
+    while ch % groups:
+        groups -= 1
+    return nn.GroupNorm(groups, ch)
+
+
+def zero_init(module):
+    nn.init.zeros_(module.weight)
+    nn.init.zeros_(module.bias)
+    return module
+
+
+class TimeEmbedding(nn.Module):
+    """t -> Gaussian Fourier features of log sigma(t) (fixed random frequencies) -> MLP."""
+
+    def __init__(self, dim, sde, fourier_scale=16.0):
+        super().__init__()
+        self.sde = sde
+        self.register_buffer("freqs", torch.randn(dim // 2) * fourier_scale)
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t):
+        log_sigma = torch.log(self.sde.sigma(t.float()))
+        angles = 2 * math.pi * log_sigma[:, None] * self.freqs[None]
+        return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=1))
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, then FiLM on the second GroupNorm from `cond`, SiLU-dropout-conv, plus skip.
+    With cond_dim = 0 the block is unconditional (used by the plain encoder)."""
+
+    def __init__(self, in_ch, out_ch, cond_dim, dropout=0.0):
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(in_ch), nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * out_ch) if cond_dim else None
+        self.norm2, self.dropout = group_norm(out_ch), nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x, cond=None):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.norm2(h)
+        if self.film is not None:
+            scale, shift = self.film(F.silu(cond))[:, :, None, None].chunk(2, dim=1)
+            h = h * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention over the pixels of a feature map, residual, output zero-initialised."""
+
+    def __init__(self, ch, head_dim=32):
+        super().__init__()
+        self.heads = max(1, ch // head_dim)
+        self.norm, self.qkv = group_norm(ch), nn.Conv2d(ch, 3 * ch, 1)
+        self.proj = zero_init(nn.Conv2d(ch, ch, 1))
+
+    def forward(self, x, cond=None):
+        h, w = x.shape[-2:]
+        q, k, v = rearrange(self.qkv(self.norm(x)), "b (three n d) h w -> three b n (h w) d",
+                            three=3, n=self.heads)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj(rearrange(out, "b n (h w) d -> b (n d) h w", h=h, w=w))
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x, cond=None):
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour resize to the matching skip's size (so 7 -> 14 and 4 -> 7 both work), then conv."""
+
+    def __init__(self, ch):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x, size):
+        return self.conv(F.interpolate(x, size=size, mode="nearest"))
+
+
+def down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size, cond_dim, dropout):
+    """The downsampling half, shared by the U-Net and the encoder. Returns (blocks, skip channels, out ch)."""
+    blocks, skips, cur, res = nn.ModuleList([nn.Conv2d(in_ch, ch, 3, padding=1)]), [ch], ch, image_size
+    for level, mult in enumerate(ch_mult):
+        for _ in range(num_res_blocks):
+            blocks.append(ResBlock(cur, ch * mult, cond_dim, dropout))
+            cur = ch * mult
+            if res in attn_res:
+                blocks.append(Attention(cur))
+            skips.append(cur)
+        if level < len(ch_mult) - 1:
+            blocks.append(Downsample(cur))
+            res = (res + 1) // 2
+            skips.append(cur)
+    return blocks, skips, cur
+
+
+class UNet(nn.Module):
+    def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
+                 dropout=0.0, latent_dim=0, sigma_min=0.01, sigma_max=50.0, sigma_data=0.5,
+                 fourier_scale=16.0):
+        super().__init__()
+        self.sde, self.sigma_data, self.latent_dim = VESDE(sigma_min, sigma_max), sigma_data, latent_dim
+        emb = 4 * ch
+        self.time_embed = TimeEmbedding(emb, self.sde, fourier_scale)
+        self.latent_embed = (nn.Sequential(nn.Linear(latent_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
+                             if latent_dim else None)
+        self.down, skips, cur = down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size,
+                                          emb, dropout)
+        self.mid = nn.ModuleList([ResBlock(cur, cur, emb, dropout), Attention(cur),
+                                  ResBlock(cur, cur, emb, dropout)])
+        self.up, res = nn.ModuleList(), [image_size]
+        for _ in ch_mult[1:]:
+            res.append((res[-1] + 1) // 2)
+        for level, mult in reversed(list(enumerate(ch_mult))):
+            for i in range(num_res_blocks + 1):
+                self.up.append(ResBlock(cur + skips.pop(), ch * mult, emb, dropout))
+                cur = ch * mult
+                if res[level] in attn_res:
+                    self.up.append(Attention(cur))
+            if level > 0:
+                self.up.append(Upsample(cur))
+        self.out = nn.Sequential(group_norm(cur), nn.SiLU(), zero_init(nn.Conv2d(cur, in_ch, 3, padding=1)))
+
+    def forward(self, x, t, z=None):
+        """Score s(x_t, t, z) for a batch x (B, C, H, W), times t (B,), codes z (B, latent_dim) or None."""
+        cond = self.time_embed(t)
+        if self.latent_embed is not None:
+            if z is None:
+                raise ValueError("this score net was built with latent_dim > 0: pass the code z")
+            cond = cond + self.latent_embed(z)
+        std = self.sde.marginal_std(t.float())[:, None, None, None]
+        h = x * torch.rsqrt(self.sigma_data ** 2 + std ** 2)
+        hs = []
+        for block in self.down:
+            h = block(h) if isinstance(block, nn.Conv2d) else block(h, cond)
+            if isinstance(block, Attention):
+                hs[-1] = h  # the skip of a stage is taken after its attention
+            else:
+                hs.append(h)
+        for block in self.mid:
+            h = block(h, cond)
+        for block in self.up:
+            if isinstance(block, ResBlock):
+                h = block(torch.cat([h, hs.pop()], dim=1), cond)
+            elif isinstance(block, Upsample):
+                h = block(h, hs[-1].shape[-2:])
+            else:
+                h = block(h, cond)
+        return self.out(h).float() / std
