@@ -1,0 +1,90 @@
+"""U-Net and encoder: shapes, FiLM conditioning, encoder kinds."""
+import pytest
+import torch
+
+from encoder import Encoder, encode
+from unet import ResBlock, UNet
+
+TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1)
+
+
+def randomise_zero_inits(net):
+    """Zero-initialised output layers hide every input; give them weights to see the dependence."""
+    g = torch.Generator().manual_seed(0)
+    for p in net.parameters():
+        if torch.all(p == 0):
+            p.data = 0.1 * torch.randn(p.shape, generator=g)
+    return net
+
+
+@pytest.mark.parametrize("in_ch,size,ch_mult,attn", [(1, 28, (1, 2), ()), (1, 28, (1, 2, 2), (7,)),
+                                                     (3, 32, (1, 2, 2, 2), (16,))])
+def test_unet_shapes(in_ch, size, ch_mult, attn):
+    net = UNet(in_ch=in_ch, image_size=size, ch=8, ch_mult=ch_mult, num_res_blocks=1, attn_res=attn, latent_dim=4)
+    x = torch.randn(3, in_ch, size, size)
+    assert net(x, torch.rand(3), torch.randn(3, 4)).shape == x.shape
+
+
+def test_zero_initialised_net_predicts_kernel_score_of_zero_noise():
+    """At init the net outputs F = 0, so the weighted loss ||std * s + noise||^2 starts at ||noise||^2."""
+    net = UNet(**TINY)
+    assert torch.all(net(torch.randn(2, 1, 28, 28), torch.rand(2)) == 0)
+
+
+def test_latent_changes_the_score_through_film():
+    net = randomise_zero_inits(UNet(latent_dim=3, **TINY))
+    x, t = torch.randn(2, 1, 28, 28), torch.full((2,), 0.5)
+    z1, z2 = torch.randn(2, 3), torch.randn(2, 3)
+    assert not torch.allclose(net(x, t, z1), net(x, t, z2))
+    for block in net.modules():  # FiLM is the only path from z to the output: cut it and z is ignored
+        if isinstance(block, ResBlock):
+            torch.nn.init.zeros_(block.film.weight)
+    assert torch.allclose(net(x, t, z1), net(x, t, z2))
+    with pytest.raises(ValueError, match="pass the code z"):
+        net(x, t)
+
+
+def test_film_is_scale_and_shift():
+    block = ResBlock(4, 4, cond_dim=6)
+    torch.nn.init.zeros_(block.film.weight)
+    with torch.no_grad():
+        block.film.bias.copy_(torch.cat([torch.full((4,), -1.0), torch.zeros(4)]))  # scale -1: h * 0
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.allclose(block(x, torch.randn(2, 6)), x)  # residual branch is silu(0) -> conv(0) = bias 0
+
+
+def test_score_is_raw_output_divided_by_kernel_std():
+    net = randomise_zero_inits(UNet(**TINY))
+    raw = []
+    net.out.register_forward_hook(lambda module, inputs, output: raw.append(output))
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([1e-5, 0.6])
+    score = net(x, t)
+    std = torch.sqrt(net.sde.sigma(t) ** 2 - 0.01 ** 2)[:, None, None, None]
+    assert raw[0].abs().min() > 0 and torch.isfinite(score).all()
+    assert torch.allclose(score, raw[0] / std)
+
+
+def test_encoder_kinds():
+    x = torch.rand(4, 1, 28, 28)
+    det = Encoder(latent_dim=5, **TINY)
+    mu, logvar = det(x)
+    assert mu.shape == (4, 5) and logvar is None
+    z, mu2, _ = det.sample(x)
+    assert torch.equal(z, mu2)
+
+    prob = randomise_zero_inits(Encoder(latent_dim=5, probabilistic=True, **TINY))
+    z, mu, logvar = prob.sample(x)
+    assert z.shape == mu.shape == logvar.shape == (4, 5) and not torch.allclose(z, mu)
+    assert torch.equal(encode(prob, x), mu)  # downstream use reads the mean
+
+    tc = randomise_zero_inits(Encoder(latent_dim=5, time_cond=True, **TINY))
+    assert not torch.allclose(encode(tc, x, 0.1), encode(tc, x, 0.9))
+    assert torch.allclose(encode(tc, x, 0.3), encode(tc, x, torch.full((4,), 0.3)))
+    with pytest.raises(ValueError, match="time-conditioned"):
+        tc(x)
+    assert torch.equal(encode(det, x, 0.1), encode(det, x, 0.9))  # a static code ignores t
+
+
+def test_encoder_rgb_32():
+    enc = Encoder(in_ch=3, image_size=32, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, latent_dim=7)
+    assert encode(enc, torch.rand(2, 3, 32, 32)).shape == (2, 7)

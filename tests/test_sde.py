@@ -1,0 +1,143 @@
+"""The VE SDE against closed forms, and the DSM floor of eq. 6 (the paper's central argument)."""
+import math
+
+import pytest
+import torch
+
+from sde import VESDE, dsm_floor, dsm_loss, kl_to_standard_normal, mixture_score
+
+sde = VESDE(0.01, 50.0)
+
+
+def test_sigma_endpoints_and_geometric_schedule():
+    t = torch.tensor([0.0, 0.5, 1.0])
+    assert torch.allclose(sde.sigma(t), torch.tensor([0.01, math.sqrt(0.01 * 50), 50.0]), rtol=1e-5)
+    assert sde.marginal_std(torch.tensor([0.0])).item() == 0.0  # paper's kernel: x_t = x_0 at t = 0
+
+
+def test_g_squared_is_time_derivative_of_sigma_squared():
+    t = torch.linspace(0.05, 0.95, 7, dtype=torch.float64)
+    h = 1e-6
+    deriv = (sde.sigma(t + h) ** 2 - sde.sigma(t - h) ** 2) / (2 * h)
+    assert torch.allclose(sde.g(t) ** 2, deriv, rtol=1e-5)
+
+
+def test_perturbation_kernel_moments():
+    torch.manual_seed(0)
+    x0 = torch.full((20000, 3), 2.0)
+    t = torch.full((20000,), 0.3)
+    x_t = sde.perturb(x0, t, torch.randn_like(x0))
+    expected = math.sqrt(sde.sigma(torch.tensor(0.3)).item() ** 2 - 0.01 ** 2)
+    assert abs(x_t.mean().item() - 2.0) < 4 * expected / math.sqrt(60000)
+    assert abs(x_t.std().item() / expected - 1) < 0.02
+
+
+def test_kernel_score_is_gradient_of_log_kernel():
+    x0, t = torch.randn(5, 4, dtype=torch.float64), torch.rand(5, dtype=torch.float64) * 0.9 + 0.05
+    x_t = (x0 + torch.randn_like(x0)).requires_grad_()
+    std = sde.marginal_std(t)[:, None]
+    log_p = torch.distributions.Normal(x0, std).log_prob(x_t).sum()
+    (grad,) = torch.autograd.grad(log_p, x_t)
+    assert torch.allclose(sde.kernel_score(x_t, x0, t), grad)
+
+
+def test_time_sampling_modes():
+    torch.manual_seed(0)
+    u = sde.sample_t(100000, "uniform", eps=1e-5)
+    assert u.min() >= 1e-5 and u.max() <= 1 and abs(u.mean().item() - 0.5) < 0.01
+    s = sde.sigma(sde.sample_t(100000, "sigma"))  # sigma uniform on [sigma_min, sigma_max]
+    assert abs(s.mean().item() - 25.005) < 0.3 and abs(s.std().item() - 49.99 / math.sqrt(12)) < 0.3
+    assert torch.all(sde.sample_t(10, "fixed", t_fixed=0.7) == 0.7)
+    with pytest.raises(ValueError):
+        sde.sample_t(3, "cosine")
+
+
+def test_prior_and_reverse_drift():
+    torch.manual_seed(0)
+    x = sde.prior_sampling((4000, 8))
+    assert abs(x.std().item() / 50.0 - 1) < 0.02
+    t = torch.tensor([0.4, 0.9])
+    score = torch.randn(2, 3)
+    assert torch.allclose(sde.reverse_drift(torch.zeros(2, 3), t, score), -(sde.g(t) ** 2)[:, None] * score)
+
+
+def test_kl_closed_form():
+    mu, logvar = torch.randn(6, 3), torch.randn(6, 3)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    ref = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(1)
+    assert torch.allclose(kl_to_standard_normal(mu, logvar), ref, atol=1e-5)
+    assert torch.all(kl_to_standard_normal(torch.zeros(2, 3), torch.zeros(2, 3)) == 0)
+
+
+# ---- eq. 6: the DSM floor ----
+
+def toy_data():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(8, 2, 3, generator=g)  # 8 "images" of shape (2, 3); distances ~ 2-3
+
+
+T = 0.54  # sigma(T) ~ 1: the mixture components overlap, so the floor is far from 0
+
+
+def test_mixture_score_is_gradient_of_log_mixture():
+    data, x = toy_data().double(), torch.randn(5, 2, 3, dtype=torch.float64).requires_grad_()
+    std = torch.full((5,), 0.7, dtype=torch.float64)
+    comp = torch.distributions.Normal(data[None], 0.7).log_prob(x[:, None]).flatten(2).sum(2)
+    (grad,) = torch.autograd.grad(torch.logsumexp(comp, 1).sum(), x)
+    assert torch.allclose(mixture_score(x, data, std), grad)
+
+
+def mc_batch(data, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    x0 = data[torch.randint(len(data), (n,), generator=g)]
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.full((n,), T)
+    return x0, noise, t, sde.marginal_std(t), sde.perturb(x0, t, noise)
+
+
+def test_dsm_floor_positive_and_reached_by_exact_marginal_score():
+    data = toy_data()
+    floor, se = dsm_floor(sde, data, T, n_mc=20000, generator=torch.Generator().manual_seed(1))
+    assert floor > 20 * se > 0  # the floor is a real, non-zero constant
+    x0, noise, t, std, x_t = mc_batch(data, 20000, seed=2)  # independent draws
+    per = dsm_loss(mixture_score(x_t, data, std), noise, std)
+    assert abs(per.mean().item() - floor) < 4 * math.hypot(se, per.std().item() / math.sqrt(20000))
+
+
+def test_dsm_equals_floor_plus_explicit_score_matching():
+    """eq. 6: J_DSM(s) = floor + E lambda ||s - grad log p_t||^2 for any s; the floor does not depend on s."""
+    data = toy_data()
+    floor, se = dsm_floor(sde, data, T, n_mc=20000, generator=torch.Generator().manual_seed(3))
+    x0, noise, t, std, x_t = mc_batch(data, 20000, seed=4)
+    true = mixture_score(x_t, data, std)
+    for s in (torch.zeros_like(x_t), 0.5 * true, true + 0.3 * torch.sin(x_t)):
+        dsm = dsm_loss(s, noise, std)
+        esm = (std[:, None, None] ** 2 * (s - true).square()).flatten(1).sum(1)
+        diff = dsm - esm
+        assert abs(diff.mean().item() - floor) < 4 * math.hypot(se, diff.std().item() / math.sqrt(20000))
+        assert dsm.mean() > floor
+
+
+def conditional_score(x_t, data, std, code_of_data, code):
+    """grad log p_t(x_t | z) for the data points whose code equals each sample's code."""
+    out = torch.empty_like(x_t)
+    for c in code.unique():
+        rows = code == c
+        out[rows] = mixture_score(x_t[rows], data[code_of_data == c], std[rows])
+    return out
+
+
+def test_code_that_knows_x0_removes_the_floor():
+    """DRL's argument: with z = E(x_0) the loss can go below the floor, to 0 if z identifies x_0."""
+    data = toy_data()
+    g = torch.Generator().manual_seed(5)
+    idx = torch.randint(len(data), (20000,), generator=g)
+    x0, noise = data[idx], torch.randn(20000, 2, 3, generator=g)
+    t = torch.full((20000,), T)
+    std, x_t = sde.marginal_std(t), sde.perturb(x0, t, noise)
+    floor = dsm_loss(mixture_score(x_t, data, std), noise, std).mean().item()
+    perfect = dsm_loss(conditional_score(x_t, data, std, torch.arange(8), idx), noise, std).mean().item()
+    half = torch.arange(8) % 2  # a code with one bit of information about x_0
+    partial = dsm_loss(conditional_score(x_t, data, std, half, idx % 2), noise, std).mean().item()
+    assert perfect < 1e-6 * floor
+    assert 0.05 * floor < partial < 0.95 * floor

@@ -1,0 +1,117 @@
+"""train_drl.py end to end on `shapes`: checkpoint round trip, resume, and clear errors."""
+import json
+
+import pytest
+import torch
+
+import data
+import train_drl
+from data import DataError, load_dataset, load_run
+
+TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "16",
+        "--log-every", "2", "--warmup", "2", "--device", "cpu"]
+
+
+def run(tmp_path, name, *extra):
+    out = tmp_path / name
+    train_drl.main(TINY + ["--out", str(out), *extra])
+    return out
+
+
+@pytest.mark.parametrize("objective,extra", [("drl", []), ("vdrl", ["--latent-dim", "2"]),
+                                             ("drl", ["--time-cond", "--t-sampling", "sigma"]), ("score", [])])
+def test_end_to_end_and_checkpoint_round_trip(tmp_path, objective, extra):
+    out = run(tmp_path, objective, "--objective", objective, "--steps", "4", "--save-every", "4", *extra)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)  # plain tensors and primitives only
+    assert ckpt["step"] == 4 and ckpt["kind"] == "drl_train"
+    rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4] and "eval_loss" in rows[-1]
+    assert json.loads((out / "config.json").read_text())["args"]["objective"] == objective
+
+    score_net, encoder, sde, _ = load_run(out / "ckpt.pt")
+    assert (encoder is None) == (objective == "score")
+    for k, v in score_net.state_dict().items():
+        assert torch.equal(v, ckpt["ema_score_net"][k])
+    assert not all(torch.equal(ckpt["ema_score_net"][k], v) for k, v in ckpt["score_net"].items())
+    x = torch.rand(2, 1, 28, 28)
+    t = torch.full((2,), 0.5)
+    z = encoder(x, t)[0] if encoder is not None else None
+    assert score_net(x, t, z).shape == x.shape
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = run(tmp_path, "straight", "--steps", "6", "--save-every", "3")
+    resumed = run(tmp_path, "resumed", "--steps", "3", "--save-every", "3")
+    run(tmp_path, "resumed", "--steps", "6", "--save-every", "3")
+    a = torch.load(straight / "ckpt.pt", weights_only=True)
+    b = torch.load(resumed / "ckpt.pt", weights_only=True)
+    assert b["step"] == 6
+    for key in ("score_net", "encoder", "ema_score_net", "ema_encoder"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+
+
+def test_resume_with_other_networks_is_refused(tmp_path):
+    out = run(tmp_path, "r", "--steps", "2", "--save-every", "2")
+    with pytest.raises(SystemExit, match="other networks or objective"):
+        train_drl.main(TINY + ["--out", str(out), "--steps", "4", "--ch", "16"])
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    out = run(tmp_path, "nan", "--steps", "2", "--save-every", "2")
+    before = (out / "ckpt.pt").read_bytes()
+    real = train_drl.dsm_loss
+    monkeypatch.setattr(train_drl, "dsm_loss", lambda *a: real(*a) * float("nan"))
+    with pytest.raises(SystemExit, match="the loss became nan.*left intact"):
+        run(tmp_path, "nan", "--steps", "6", "--save-every", "2")
+    assert (out / "ckpt.pt").read_bytes() == before
+
+
+def test_missing_data_set_gives_one_line_error(tmp_path, monkeypatch):
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(SystemExit) as e:
+        train_drl.main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path) in msg and "--dataset shapes" in msg
+
+
+def test_idx_folder_is_read(tmp_path):
+    """MNIST-format IDX files (here gzipped) are read directly, no torchvision needed."""
+    import gzip
+    import struct
+    images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(5, dtype=torch.uint8)
+    for name, arr in (("train-images-idx3-ubyte.gz", images), ("train-labels-idx1-ubyte.gz", labels)):
+        header = struct.pack(">HBB", 0, 8, arr.dim()) + struct.pack(">" + "I" * arr.dim(), *arr.shape)
+        with gzip.open(tmp_path / name, "wb") as f:
+            f.write(header + arr.numpy().tobytes())
+    x, y = load_dataset("fashion_mnist", str(tmp_path), train=True)
+    assert x.shape == (5, 1, 28, 28) and torch.equal(x[:, 0], images) and torch.equal(y, labels.long())
+
+
+def test_shapes_factors():
+    images, label, width = data.make_shapes(64, seed=3)
+    assert images.shape == (64, 1, 28, 28) and images.dtype == torch.uint8
+    assert set(label.tolist()) == {0, 1, 2, 3} and set(width.tolist()) == {1, 2, 3}
+    ink = images.float().flatten(1).sum(1)
+    for shape in range(4):  # the fine factor is visible: thicker strokes, more ink
+        rows = label == shape
+        assert ink[rows & (width == 3)].mean() > 1.5 * ink[rows & (width == 1)].mean()
+
+
+def test_load_run_rejects_wrong_files(tmp_path):
+    with pytest.raises(DataError, match="no such checkpoint"):
+        load_run(tmp_path / "nothing.pt")
+    torch.save({"model": {}}, tmp_path / "other.pt")
+    with pytest.raises(DataError, match="not a train_drl.py checkpoint"):
+        load_run(tmp_path / "other.pt")
+
+
+def test_benchmark_prints_images_per_second(capsys):
+    train_drl.main(TINY + ["--benchmark", "2"])
+    assert "images/s" in capsys.readouterr().out
