@@ -47,11 +47,15 @@ class Encoder(nn.Module):
         return out, None
 
     def sample(self, x0, t=None):
-        """The code fed to the score net in training: (z, mu, logvar), reparameterised for VDRL."""
-        mu, logvar = self(x0, t)
-        if logvar is None:
-            return mu, mu, None
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu), mu, logvar
+        """The code fed to the score net in training: (z, mu, logvar)."""
+        return reparameterise(*self(x0, t))
+
+
+def reparameterise(mu, logvar):
+    """(z, mu, logvar) with z = mu + exp(logvar / 2) * eps for VDRL, z = mu for a deterministic code."""
+    if logvar is None:
+        return mu, mu, None
+    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu), mu, logvar
 
 
 @torch.no_grad()

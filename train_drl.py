@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from data import DATASETS, IMAGE_SHAPE, DataError, build_nets, load_dataset, save_atomic
+from encoder import reparameterise
 from sde import VESDE, dsm_loss, kl_to_standard_normal
 
 # Presets fill every flag the user does not pass. "paper" follows the papers (app. D, ICML
@@ -163,7 +164,7 @@ def main(argv=None):
         std = sde.marginal_std(t)
         x_t = sde.perturb(x0, t, noise)
         with autocast:
-            z, mu, logvar = encoder_fn.sample(x0, t) if encoder is not None else (None, None, None)
+            z, mu, logvar = reparameterise(*encoder_fn(x0, t)) if encoder is not None else (None,) * 3
             score = score_fn(x_t, t, z)
         dsm = dsm_loss(score, noise, std).mean()
         if args.objective == "vdrl":
