@@ -154,8 +154,9 @@ def main(argv=None):
         if step >= args.steps:
             print(f"already trained to step {step} >= --steps {args.steps}: raise --steps to train on")
             return
-    score_fn = torch.compile(score_net) if args.compile else score_net
-    encoder_fn = torch.compile(encoder) if args.compile and encoder is not None else encoder
+    if args.compile:  # in place: state_dict keys stay free of compile prefixes; EMA copies stay eager
+        for m in nets:
+            m.compile()
 
     def loss_terms(x0):
         """DSM loss (eq. 7/9) and the code's regulariser, each averaged over the batch."""
@@ -164,8 +165,8 @@ def main(argv=None):
         std = sde.marginal_std(t)
         x_t = sde.perturb(x0, t, noise)
         with autocast:
-            z, mu, logvar = reparameterise(*encoder_fn(x0, t)) if encoder is not None else (None,) * 3
-            score = score_fn(x_t, t, z)
+            z, mu, logvar = reparameterise(*encoder(x0, t)) if encoder is not None else (None,) * 3
+            score = score_net(x_t, t, z)
         dsm = dsm_loss(score, noise, std).mean()
         if args.objective == "vdrl":
             reg = args.kl * kl_to_standard_normal(mu, logvar).mean()
