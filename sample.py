@@ -1,0 +1,223 @@
+"""Predictor-corrector sampling from a train_drl.py run, conditioned on a learned code.
+
+The PC sampler of Song et al. (score_sde) for the VE SDE: a predictor step of the reverse SDE (eq. 2,
+TMLR) and Langevin corrector steps. The sampler only needs a `score_fn(x, t)`, so it can be copied
+into any project. The stage feeds it s(x_t, t, z) with z from the encoder, a grid, or the prior:
+
+    python sample.py --ckpt runs/fashion_mnist-drl/ckpt.pt --mode recon --steps 500 --out samples
+    python sample.py --ckpt RUN/ckpt.pt --mode grid --steps 500       # 2-D codes (paper Fig. 2/3)
+    python sample.py --ckpt RUN/ckpt.pt --mode prior                  # VDRL: z ~ N(0, I)
+    python sample.py --ckpt RUN/ckpt.pt --mode swap --t-swap 0.5      # denoise A with B's code (Fig. 10)
+    python sample.py --ckpt RUN/ckpt.pt --mode diversity --n 16       # many samples of one code (Fig. 11)
+    python sample.py --ckpt RUN/ckpt.pt --mode uncond                 # `--objective score` runs
+    python sample.py --ckpt RUN/ckpt.pt --mode recon --nn-eval        # does the code steer? (100 images)
+
+Writes OUT/MODE.png and OUT/MODE.json (mode, steps, score evaluations, seconds, images/s).
+"""
+import argparse
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torchvision.utils import save_image
+
+from data import DataError, load_dataset, load_run
+
+
+def _bc(v, x):
+    return v.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+# ---- predictors: one step from t to t_next < t; each returns (x, x_mean) ----
+
+def reverse_diffusion(sde, score_fn, x, t, t_next):
+    """Ancestral step of the discretised reverse SDE: the variance between t_next and t is removed."""
+    var = _bc(sde.marginal_std(t) ** 2 - sde.marginal_std(t_next) ** 2, x)
+    x_mean = x + var * score_fn(x, t)
+    return x_mean + var.sqrt() * torch.randn_like(x), x_mean
+
+
+def euler_maruyama(sde, score_fn, x, t, t_next):
+    """Euler-Maruyama step of dx = -g^2 score dt + g dw, backwards in time."""
+    g2dt = _bc(sde.g(t) ** 2 * (t - t_next), x)
+    x_mean = x + g2dt * score_fn(x, t)
+    return x_mean + g2dt.sqrt() * torch.randn_like(x), x_mean
+
+
+def probability_flow(sde, score_fn, x, t, t_next):
+    """Deterministic step of the probability-flow ODE, dx = -g^2 score / 2 dt = -std score d(std).
+    Euler in std (EDM's / DDIM's step) rather than in t: exact wherever std >> the data's scale."""
+    std, std_next = _bc(sde.marginal_std(t), x), _bc(sde.marginal_std(t_next), x)
+    x_mean = x + std * (std - std_next) * score_fn(x, t)
+    return x_mean, x_mean
+
+
+PREDICTORS = {"reverse_diffusion": reverse_diffusion, "euler_maruyama": euler_maruyama,
+              "probability_flow": probability_flow}
+
+
+def langevin(score_fn, x, t, snr, n_steps):
+    """Langevin corrector at fixed t; step 2 (snr ||noise|| / ||score||)^2 with norms averaged over
+    the batch (score_sde's rule). Returns (x, x_mean)."""
+    x_mean = x
+    for _ in range(n_steps):
+        grad, noise = score_fn(x, t), torch.randn_like(x)
+        ratio = noise.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean()
+        step = 2 * (snr * ratio) ** 2
+        x_mean = x + step * grad
+        x = x_mean + torch.sqrt(2 * step) * noise
+    return x, x_mean
+
+
+@torch.no_grad()
+def pc_sample(sde, score_fn, shape, steps=1000, predictor="reverse_diffusion", corrector_steps=1, snr=0.16,
+              t_init=1.0, eps=1e-5, denoise=True, x_init=None, device=None):
+    """Integrate the reverse SDE from t_init to eps with `steps` predictor steps, each after
+    `corrector_steps` Langevin steps. Starts from the prior N(0, std(t_init)^2 I) unless x_init is
+    given (e.g. a perturbed image). The last step goes to t = 0; with denoise it returns the
+    noise-free mean. Returns (samples, number of score evaluations)."""
+    x = sde.prior_sampling(shape, t_init, device=device) if x_init is None else x_init
+    ts = torch.cat([torch.linspace(t_init, eps, steps, device=x.device), torch.zeros(1, device=x.device)])
+    step_fn = PREDICTORS[predictor]
+    for i in range(steps):
+        t, t_next = ts[i].expand(shape[0]), ts[i + 1].expand(shape[0])
+        if corrector_steps:
+            x, x_mean = langevin(score_fn, x, t, snr, corrector_steps)
+        x, x_mean = step_fn(sde, score_fn, x, t, t_next)
+    return (x_mean if denoise else x), steps * (1 + corrector_steps)
+
+
+# ---- the stage ----
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--mode", choices=["grid", "recon", "prior", "swap", "diversity", "uncond"], default="recon")
+    p.add_argument("--out", default="samples")
+    p.add_argument("--n", type=int, default=8, help="images (recon, swap: source images; grid: per side)")
+    p.add_argument("--per-code", type=int, default=4, help="samples per code in recon mode")
+    p.add_argument("--range", type=float, default=None, help="grid half-width (default 1, 2 for VDRL)")
+    p.add_argument("--t-swap", type=float, default=0.5, help="swap: noise level the images are perturbed to")
+    p.add_argument("--nn-eval", action="store_true", help="recon: nearest-neighbour test on 100 test images")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--predictor", choices=PREDICTORS, default="reverse_diffusion")
+    p.add_argument("--corrector-steps", type=int, default=1)
+    p.add_argument("--snr", type=float, default=0.16)
+    p.add_argument("--t-init", type=float, default=1.0, help="start from N(0, sigma(t_init)^2 I) (Fig. 5)")
+    p.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--data-dir", default=None, help="default: the run's own --data-dir")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    try:
+        score_net, encoder, sde, ckpt = load_run(args.ckpt, device, ema=args.ema)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
+    run = ckpt["args"]
+    latent = ckpt["config"]["score_net"]["latent_dim"]
+    vdrl = encoder is not None and encoder.probabilistic
+    need = {"grid": latent == 2, "prior": vdrl, "uncond": latent == 0,
+            "recon": latent > 0, "swap": latent > 0, "diversity": latent > 0}[args.mode]
+    if not need:
+        what = {"grid": "a 2-D code (train with --latent-dim 2)", "prior": "a VDRL run (--objective vdrl)",
+                "uncond": "a plain score model (--objective score)"}.get(args.mode, "an encoder (--objective drl or vdrl)")
+        raise SystemExit(f"error: --mode {args.mode} needs {what}; {args.ckpt} is a {run['objective']} run "
+                         f"with latent_dim {latent}")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    shape = tuple(ckpt["config"]["score_net"][k] for k in ("in_ch", "image_size", "image_size"))
+
+    def score_fn_for(z=None, x0=None):
+        """s(x, t, z) with a fixed code z, or the code of clean images x0 (recomputed per t if the
+        encoder is time-conditioned)."""
+        if x0 is not None and not encoder.time_cond:
+            z = encoder(x0)[0]
+
+        def score_fn(x, t):
+            with autocast:
+                code = encoder(x0, t)[0] if x0 is not None and encoder.time_cond else z
+                return score_net(x, t, code).float()
+        return score_fn
+
+    def test_images(n):
+        try:
+            images, _ = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
+        except DataError as e:
+            raise SystemExit(f"error: {e}")
+        return images[:n].to(device).float() / 255
+
+    sample_kw = dict(steps=args.steps, predictor=args.predictor, corrector_steps=args.corrector_steps,
+                     snr=args.snr, t_init=args.t_init, denoise=args.denoise, device=device)
+    info, t0, n_images = {}, time.perf_counter(), 0
+    if args.mode == "uncond":
+        x, nfe = pc_sample(sde, score_fn_for(), (args.n * args.n, *shape), **sample_kw)
+        grid, nrow, n_images = x, args.n, args.n * args.n
+    elif args.mode == "grid":
+        r = args.range or (2.0 if vdrl else 1.0)
+        axis = torch.linspace(-r, r, args.n, device=device)
+        z = torch.stack(torch.meshgrid(axis.flip(0), axis, indexing="ij")[::-1], -1).reshape(-1, 2)
+        x, nfe = pc_sample(sde, score_fn_for(z=z), (len(z), *shape), **sample_kw)
+        grid, nrow, n_images = x, args.n, len(z)
+    elif args.mode == "prior":
+        z = torch.randn(args.n * args.n, latent, device=device)
+        x, nfe = pc_sample(sde, score_fn_for(z=z), (len(z), *shape), **sample_kw)
+        grid, nrow, n_images = x, args.n, len(z)
+    elif args.mode in ("recon", "diversity"):
+        k = args.per_code if args.mode == "recon" else args.n
+        x0 = test_images(args.n if args.mode == "recon" else 1)
+        src = x0.repeat_interleave(k, 0)
+        x, nfe = pc_sample(sde, score_fn_for(x0=src), (len(src), *shape), **sample_kw)
+        rows = torch.cat([x0[:, None], x.reshape(len(x0), k, *shape)], 1)
+        grid, nrow, n_images = rows.flatten(0, 1), k + 1, len(src)
+        if args.mode == "recon" and args.nn_eval:
+            info.update(nn_eval(sde, score_fn_for, test_images(100), sample_kw))
+            n_images += 200
+    else:  # swap
+        x0 = test_images(2 * args.n)
+        a, b = x0[: args.n], x0[args.n:]
+        t = torch.full((args.n,), args.t_swap, device=device)
+        x_init = sde.perturb(a, t, torch.randn_like(a))
+        x, nfe = pc_sample(sde, score_fn_for(x0=b), (args.n, *shape), x_init=x_init,
+                           **dict(sample_kw, t_init=args.t_swap))
+        grid, nrow, n_images = torch.cat([a, x_init, b, x]), args.n, args.n
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_image(grid.clamp(0, 1), out / f"{args.mode}.png", nrow=nrow, padding=1, pad_value=0.5)
+    info = dict(mode=args.mode, ckpt=str(args.ckpt), steps=args.steps, predictor=args.predictor,
+                corrector_steps=args.corrector_steps, snr=args.snr, t_init=args.t_init,
+                nfe_per_image=nfe, images=n_images, seconds=seconds, images_per_s=n_images / seconds,
+                device=str(device), **info)
+    (out / f"{args.mode}.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(info))
+
+
+def nn_eval(sde, score_fn_for, x0, sample_kw):
+    """How often is a sample's nearest image (pixel L2) among the sources its own source image?
+    With the true codes vs with the codes shuffled among the sources (chance is 1 / len(x0))."""
+    n = len(x0)
+    perm = (torch.arange(n, device=x0.device) + torch.randint(1, n, ()).item()) % n  # no image keeps its code
+    result = {}
+    for name, codes_of in (("own_code", x0), ("shuffled_codes", x0[perm])):
+        x, _ = pc_sample(sde, score_fn_for(x0=codes_of), x0.shape, **sample_kw)
+        nearest = torch.cdist(x.flatten(1), x0.flatten(1)).argmin(1)
+        result[f"nn_is_source_{name}"] = (nearest == torch.arange(len(x0), device=x0.device)).float().mean().item()
+    result["nn_candidates"] = len(x0)
+    return result
+
+
+if __name__ == "__main__":
+    main()
