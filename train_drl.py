@@ -135,8 +135,9 @@ def main(argv=None):
     step = 0
     if ckpt_path.exists() and not args.benchmark:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        if ckpt.get("config") != config:
-            raise SystemExit(f"error: {ckpt_path} holds a run with other networks or objective; "
+        same_data = all(ckpt["args"].get(k) == getattr(args, k) for k in ("dataset", "t_sampling", "t_fixed"))
+        if ckpt.get("config") != config or not same_data:
+            raise SystemExit(f"error: {ckpt_path} holds a run with other networks, objective or data; "
                              f"pass the flags it was trained with (see {out}/config.json) or another --out")
         score_net.load_state_dict(ckpt["score_net"])
         emas[0].load_state_dict(ckpt["ema_score_net"])

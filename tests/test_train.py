@@ -54,8 +54,9 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_resume_with_other_networks_is_refused(tmp_path):
     out = run(tmp_path, "r", "--steps", "2", "--save-every", "2")
-    with pytest.raises(SystemExit, match="other networks or objective"):
-        train_drl.main(TINY + ["--out", str(out), "--steps", "4", "--ch", "16"])
+    for other in (["--ch", "16"], ["--objective", "vdrl"], ["--t-sampling", "sigma"]):
+        with pytest.raises(SystemExit, match="other networks, objective or data"):
+            train_drl.main(TINY + ["--out", str(out), "--steps", "4", *other])
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
