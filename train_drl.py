@@ -7,6 +7,7 @@ the plain score model s(x_t, t), whose loss cannot fall below the DSM floor of e
     python train_drl.py --dataset fashion_mnist --preset cpu  # minutes on a laptop
     python train_drl.py --dataset shapes --preset cpu --objective vdrl --latent-dim 2
     python train_drl.py --dataset mnist --benchmark 50        # images/s of the training step
+    torchrun --nproc_per_node 4 train_drl.py --dataset mnist  # DistributedDataParallel, same outputs
 
 Writes OUT/ckpt.pt (one dict, `torch.load(p, weights_only=True)`), OUT/config.json and
 OUT/stats.jsonl. Running the same command again resumes from OUT/ckpt.pt.
@@ -15,11 +16,14 @@ import argparse
 import copy
 import json
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from data import DATASETS, IMAGE_SHAPE, DataError, build_nets, load_dataset, save_atomic
 from encoder import reparameterise
@@ -60,7 +64,7 @@ def parse_args(argv=None):
     p.add_argument("--attn-res", default="", help="resolutions with self-attention, e.g. 14")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--steps", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch, split over the torchrun processes")
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--warmup", type=int)
     p.add_argument("--grad-clip", type=float, default=1.0)
@@ -98,9 +102,20 @@ def net_config(args):
 
 
 def main(argv=None):
+    """Train; returns the (score_net, encoder) modules, which tests and notebooks can inspect."""
     args = parse_args(argv)
     device = torch.device(args.device)
-    torch.manual_seed(args.seed)
+    # torchrun sets these; each process owns one GPU (or CPU share) and a 1/world share of the batch
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if args.batch_size % world:
+            raise SystemExit(f"error: --batch-size {args.batch_size} does not split over {world} processes")
+    batch = args.batch_size // world
+    torch.manual_seed(args.seed + rank)  # different noise and t per process; DDP syncs the weights
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
@@ -115,13 +130,15 @@ def main(argv=None):
         raise SystemExit(f"error: {e}")
     images = images.to(device)
     eval_x0 = test_images[: args.eval_n].to(device).float() / 255
-    data_gen = torch.Generator(device=device).manual_seed(args.seed)
+    data_gen = torch.Generator(device=device).manual_seed(args.seed + rank)  # each process its own batches
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
     # ---- networks, EMA copies, optimizer ----
     config = net_config(args)
     score_net, encoder = build_nets(config)
     nets = [m.to(device, memory_format=memory_format) for m in (score_net, encoder) if m is not None]
+    # the modules the training forward calls: DDP-wrapped (its constructor broadcasts rank 0's weights)
+    train_nets = [DistributedDataParallel(m) for m in nets] if world > 1 else list(nets)
     emas = [copy.deepcopy(m).eval().requires_grad_(False) for m in nets]
     params = [p for m in nets for p in m.parameters()]
     fused = device.type in ("cuda", "cpu")
@@ -151,10 +168,15 @@ def main(argv=None):
         if device.type == "cuda" and "cuda" in ckpt["rng"]:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
         step = ckpt["step"]
-        print(f"resuming {ckpt_path} from step {step}")
+        if world > 1:  # the saved RNG state is rank 0's: give each process its own stream again
+            seed = (args.seed * 1_000_003 + step) * 1009 + rank
+            torch.manual_seed(seed)
+            data_gen.manual_seed(seed)
+        if rank == 0:
+            print(f"resuming {ckpt_path} from step {step}")
         if step >= args.steps:
             print(f"already trained to step {step} >= --steps {args.steps}: raise --steps to train on")
-            return
+            return finish(world, nets)
     if args.compile:  # in place: state_dict keys stay free of compile prefixes; EMA copies stay eager
         for m in nets:
             m.compile()
@@ -166,8 +188,8 @@ def main(argv=None):
         std = sde.marginal_std(t)
         x_t = sde.perturb(x0, t, noise)
         with autocast:
-            z, mu, logvar = reparameterise(*encoder(x0, t)) if encoder is not None else (None,) * 3
-            score = score_net(x_t, t, z)
+            z, mu, logvar = reparameterise(*train_nets[1](x0, t)) if encoder is not None else (None,) * 3
+            score = train_nets[0](x_t, t, z)
         dsm = dsm_loss(score, noise, std).mean()
         if args.objective == "vdrl":
             reg = args.kl * kl_to_standard_normal(mu, logvar).mean()
@@ -194,7 +216,7 @@ def main(argv=None):
         return dsm.detach(), reg.detach()
 
     def next_batch():
-        idx = torch.randint(len(images), (args.batch_size,), device=device, generator=data_gen)
+        idx = torch.randint(len(images), (batch,), device=device, generator=data_gen)
         return (images[idx].float() / 255).contiguous(memory_format=memory_format)
 
     @torch.no_grad()
@@ -226,16 +248,18 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        flops = count_step_flops(loss_terms, next_batch())
+        flops = count_step_flops(loss_terms, next_batch()) / batch  # per image
         ips = args.benchmark * args.batch_size / dt
         mem = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
-        print(f"benchmark: {args.objective} {n_params / 1e6:.2f}M params, batch {args.batch_size}, amp {args.amp}, "
-              f"compile {args.compile}, {device}: {ips:.1f} images/s, {flops / args.batch_size / 1e9:.3f} GFLOP/image, "
-              f"{flops * args.benchmark / dt / 1e12:.3f} TFLOP/s{mem}")
-        return
+        if rank == 0:
+            print(f"benchmark: {args.objective} {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
+                  f"{world} process(es), amp {args.amp}, compile {args.compile}, {device}: {ips:.1f} images/s, "
+                  f"{flops / 1e9:.3f} GFLOP/image, {flops * ips / 1e12:.3f} TFLOP/s{mem}")
+        return finish(world, nets)
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(dict(args=vars(args), nets=config), indent=2))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dict(args=vars(args), nets=config), indent=2))
 
     def save(step):
         rng = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
@@ -249,8 +273,9 @@ def main(argv=None):
             ema_encoder=state(emas[1]) if encoder is not None else None,
             opt=opt.state_dict(), scaler=scaler.state_dict(), rng=rng), ckpt_path)
 
-    print(f"{args.objective} on {args.dataset}: {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
-          f"{args.steps} steps, {device}, amp {args.amp}, out {out}")
+    if rank == 0:
+        print(f"{args.objective} on {args.dataset}: {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
+              f"{args.steps} steps, {world} process(es), {device}, amp {args.amp}, out {out}")
     for m in nets:
         m.train()
     sum_dsm, sum_reg, n_sum, t0, last_saved = 0.0, 0.0, 0, time.perf_counter(), step
@@ -259,23 +284,34 @@ def main(argv=None):
         sum_dsm, sum_reg, n_sum, step = sum_dsm + dsm, sum_reg + reg, n_sum + 1, step + 1
         at_save = step % args.save_every == 0 or step == args.steps
         if step % args.log_every == 0 or at_save:
-            loss = (sum_dsm / n_sum).item()  # the one host sync per interval
+            sums = torch.stack([sum_dsm, sum_reg]) / n_sum
+            if world > 1:
+                dist.all_reduce(sums)  # every process sees the same loss, so all stop together on a NaN
+                sums /= world
+            loss, reg = sums.tolist()  # the one host sync per interval
             if not math.isfinite(loss):
                 raise SystemExit(f"error: the loss became {loss} between steps {step - n_sum} and {step}; "
                                  f"{ckpt_path} (step {last_saved}) is left intact: lower --lr or use --amp off")
-            dt = time.perf_counter() - t0
-            row = dict(step=step, loss=loss, reg=(sum_reg / n_sum).item(), lr=opt.param_groups[0]["lr"],
-                       images_per_s=n_sum * args.batch_size / dt)
-            if at_save:
-                row["eval_loss"] = eval_loss()
-                save(step)
-                last_saved = step
-            mem = f"  mem {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
-            ev = f"  eval {row['eval_loss']:.2f}" if at_save else ""
-            print(f"step {step:>7}  loss {loss:9.3f}  reg {row['reg']:.2e}{ev}  {row['images_per_s']:7.1f} img/s{mem}")
-            with open(out / "stats.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+            images_per_s = n_sum * args.batch_size / (time.perf_counter() - t0)
+            if rank == 0:
+                row = dict(step=step, loss=loss, reg=reg, lr=opt.param_groups[0]["lr"], images_per_s=images_per_s)
+                if at_save:
+                    row["eval_loss"] = eval_loss()
+                    save(step)
+                    last_saved = step
+                mem = f"  mem {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
+                ev = f"  eval {row['eval_loss']:.2f}" if at_save else ""
+                print(f"step {step:>7}  loss {loss:9.3f}  reg {reg:.2e}{ev}  {images_per_s:7.1f} img/s{mem}")
+                with open(out / "stats.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
             sum_dsm, sum_reg, n_sum, t0 = 0.0, 0.0, 0, time.perf_counter()
+    return finish(world, nets)
+
+
+def finish(world, nets):
+    if world > 1:
+        dist.destroy_process_group()
+    return nets[0], nets[1] if len(nets) > 1 else None
 
 
 def count_step_flops(loss_terms, x0):
