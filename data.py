@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from encoder import Encoder
+from encoder import Decoder, Encoder, Projector
 from sde import VESDE
 from unet import UNet
 
@@ -117,16 +117,19 @@ def save_atomic(obj, path):
     os.replace(tmp, path)
 
 
+NETS = {"score_net": UNet, "encoder": Encoder, "decoder": Decoder, "projector": Projector}
+
+
 def build_nets(config):
-    """Rebuild (score_net, encoder or None) from the constructor arguments stored in a checkpoint."""
-    score_net = UNet(**config["score_net"])
-    encoder = Encoder(**config["encoder"]) if config.get("encoder") else None
-    return score_net, encoder
+    """Rebuild the run's networks from the constructor arguments stored in its checkpoint: a dict
+    name -> module holding those of score_net, encoder, decoder, projector the run has."""
+    return {name: cls(**config[name]) for name, cls in NETS.items() if config.get(name)}
 
 
 def load_run(path, device="cpu", ema=True):
-    """Load a train_drl.py checkpoint: returns (score_net, encoder or None, sde, ckpt), networks in
-    eval mode on `device`, EMA weights unless ema=False. Raises DataError on a wrong or missing file."""
+    """Load a train_drl.py checkpoint: returns (score_net or None, encoder or None, sde, ckpt), networks
+    in eval mode on `device`, EMA weights unless ema=False (score_net is None for the AE, VAE and
+    SimCLR baselines). Raises DataError on a wrong or missing file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such checkpoint; train one with `python train_drl.py --out RUN`, "
@@ -138,11 +141,9 @@ def load_run(path, device="cpu", ema=True):
                         f"pass a ckpt.pt written by train_drl.py") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "drl_train":
         raise DataError(f"{path}: not a train_drl.py checkpoint; pass RUN/ckpt.pt from train_drl.py")
-    score_net, encoder = build_nets(ckpt["config"])
-    prefix = "ema_" if ema else ""
-    score_net.load_state_dict(ckpt[prefix + "score_net"])
-    if encoder is not None:
-        encoder.load_state_dict(ckpt[prefix + "encoder"])
-        encoder.to(device).eval()
-    sde = VESDE(ckpt["config"]["score_net"]["sigma_min"], ckpt["config"]["score_net"]["sigma_max"])
-    return score_net.to(device).eval(), encoder, sde, ckpt
+    nets = build_nets(ckpt["config"])
+    for name, net in nets.items():
+        net.load_state_dict(ckpt[("ema_" if ema else "") + name])
+        net.to(device).eval()
+    sde = VESDE(ckpt["args"]["sigma_min"], ckpt["args"]["sigma_max"])
+    return nets.get("score_net"), nets.get("encoder"), sde, ckpt

@@ -99,7 +99,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="samples")
     p.add_argument("--n", type=int, default=8, help="images (recon, swap: source images; grid: per side)")
     p.add_argument("--per-code", type=int, default=4, help="samples per code in recon mode")
-    p.add_argument("--range", type=float, default=None, help="grid half-width (default 1, 2 for VDRL)")
+    p.add_argument("--range", type=float, default=None,
+                   help="grid: codes in [-R, R]^2 (default: where test images' codes lie, 2nd-98th percentile)")
     p.add_argument("--t-swap", type=float, default=0.5, help="swap: noise level the images are perturbed to")
     p.add_argument("--nn-eval", action="store_true", help="recon: nearest-neighbour test on 100 test images")
     p.add_argument("--steps", type=int, default=1000)
@@ -126,6 +127,9 @@ def main(argv=None):
     except DataError as e:
         raise SystemExit(f"error: {e}")
     run = ckpt["args"]
+    if score_net is None:
+        raise SystemExit(f"error: {args.ckpt} is a {run['objective']} baseline with no score net to sample "
+                         f"from; pass a drl, vdrl or score run")
     latent = ckpt["config"]["score_net"]["latent_dim"]
     vdrl = encoder is not None and encoder.probabilistic
     need = {"grid": latent == 2, "prior": vdrl, "uncond": latent == 0,
@@ -150,12 +154,13 @@ def main(argv=None):
                 return score_net(x, t, code).float()
         return score_fn
 
-    def test_images(n):
+    def test_images(n, labels=False):
         try:
-            images, _ = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
+            images, y = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
         except DataError as e:
             raise SystemExit(f"error: {e}")
-        return images[:n].to(device).float() / 255
+        x = images[:n].to(device).float() / 255
+        return (x, y[:n].to(device)) if labels else x
 
     sample_kw = dict(steps=args.steps, predictor=args.predictor, corrector_steps=args.corrector_steps,
                      snr=args.snr, t_init=args.t_init, denoise=args.denoise, device=device)
@@ -164,9 +169,16 @@ def main(argv=None):
         x, nfe = pc_sample(sde, score_fn_for(), (args.n * args.n, *shape), **sample_kw)
         grid, nrow, n_images = x, args.n, args.n * args.n
     elif args.mode == "grid":
-        r = args.range or (2.0 if vdrl else 1.0)
-        axis = torch.linspace(-r, r, args.n, device=device)
-        z = torch.stack(torch.meshgrid(axis.flip(0), axis, indexing="ij")[::-1], -1).reshape(-1, 2)
+        if args.range is not None:
+            lo, hi = torch.full((2,), -args.range, device=device), torch.full((2,), args.range, device=device)
+        else:  # codes need not sit near N(0, I) (a KL weight of 1e-5 barely pulls them): span the data's
+            with torch.no_grad(), autocast:
+                codes = torch.cat([encoder(x)[0].float() for x in test_images(2000).split(500)])
+            lo, hi = codes.quantile(torch.tensor([0.02, 0.98], device=device), dim=0)
+            info["range"] = [lo.tolist(), hi.tolist()]
+        axes = [torch.linspace(lo[i].item(), hi[i].item(), args.n, device=device) for i in range(2)]
+        z1, z2 = torch.meshgrid(axes[0], axes[1].flip(0), indexing="xy")  # z1 grows rightwards, z2 upwards
+        z = torch.stack([z1, z2], -1).reshape(-1, 2)
         x, nfe = pc_sample(sde, score_fn_for(z=z), (len(z), *shape), **sample_kw)
         grid, nrow, n_images = x, args.n, len(z)
     elif args.mode == "prior":
@@ -181,7 +193,7 @@ def main(argv=None):
         rows = torch.cat([x0[:, None], x.reshape(len(x0), k, *shape)], 1)
         grid, nrow, n_images = rows.flatten(0, 1), k + 1, len(src)
         if args.mode == "recon" and args.nn_eval:
-            info.update(nn_eval(sde, score_fn_for, test_images(100), sample_kw))
+            info.update(nn_eval(sde, score_fn_for, *test_images(100, labels=True), sample_kw))
             n_images += 200
     else:  # swap
         x0 = test_images(2 * args.n)
@@ -205,17 +217,20 @@ def main(argv=None):
     print(json.dumps(info))
 
 
-def nn_eval(sde, score_fn_for, x0, sample_kw):
-    """How often is a sample's nearest image (pixel L2) among the sources its own source image?
-    With the true codes vs with the codes shuffled among the sources (chance is 1 / len(x0))."""
+def nn_eval(sde, score_fn_for, x0, labels, sample_kw):
+    """Does the code steer the sample? Sample once per source image, conditioned on its own code, then
+    on the codes shuffled among the sources (no image keeps its own). For each sample, find the nearest
+    source image (pixel L2): how often is it the sample's source (chance 1 / len(x0)), and how often has
+    it the source's class label? Shuffled codes give the chance level of both."""
     n = len(x0)
     perm = (torch.arange(n, device=x0.device) + torch.randint(1, n, ()).item()) % n  # no image keeps its code
     result = {}
     for name, codes_of in (("own_code", x0), ("shuffled_codes", x0[perm])):
         x, _ = pc_sample(sde, score_fn_for(x0=codes_of), x0.shape, **sample_kw)
         nearest = torch.cdist(x.flatten(1), x0.flatten(1)).argmin(1)
-        result[f"nn_is_source_{name}"] = (nearest == torch.arange(len(x0), device=x0.device)).float().mean().item()
-    result["nn_candidates"] = len(x0)
+        result[f"nn_is_source_{name}"] = (nearest == torch.arange(n, device=x0.device)).float().mean().item()
+        result[f"nn_same_class_{name}"] = (labels[nearest] == labels).float().mean().item()
+    result["nn_candidates"] = n
     return result
 
 

@@ -1,7 +1,10 @@
 """Train a DRL model: an encoder E(x_0[, t]) and a score net s(x_t, t, z) by denoising score matching.
 
 TMLR paper, eq. 7 (DRL), eq. 8 (VDRL), eq. 9 (time-conditioned encoder); `--objective score` is
-the plain score model s(x_t, t), whose loss cannot fall below the DSM floor of eq. 6.
+the plain score model s(x_t, t), whose loss cannot fall below the DSM floor of eq. 6. The paper's
+baselines (Fig. 4) train the same encoder another way: `ae` (a decoder reconstructs x_0 from z),
+`vae` (the same with a probabilistic encoder and the ELBO's KL weight 1) and `simclr_gauss` (SimCLR's
+NT-Xent loss, where the only augmentation is additive Gaussian pixel noise).
 
     python train_drl.py --dataset mnist                       # the paper's MNIST set-up (GPU-sized)
     python train_drl.py --dataset fashion_mnist --preset cpu  # minutes on a laptop
@@ -23,15 +26,18 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from data import DATASETS, IMAGE_SHAPE, DataError, build_nets, load_dataset, save_atomic
-from encoder import reparameterise
+from encoder import nt_xent, reparameterise
 from sde import VESDE, dsm_loss, kl_to_standard_normal
 
 # Presets fill every flag the user does not pass. "paper" follows the papers (app. D, ICML
 # workshop: two resolutions 28x28x32, 14x14x64, two residual blocks, 80k steps; Adam 2e-4, 5k warm-up,
 # clip 1, EMA 0.999); "cpu" is a small model and budget that gives a useful result in minutes on CPU.
+OBJECTIVES = ("drl", "vdrl", "score", "ae", "vae", "simclr_gauss")
+DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
 PRESETS = {
     "paper": dict(ch=32, ch_mult=None, num_res_blocks=2, batch_size=128, steps=80_000, warmup=5000,
                   log_every=100, save_every=5000, ema=0.999),
@@ -46,7 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument("--data-dir", default="./data")
     p.add_argument("--out", default=None, help="run folder (default runs/DATASET-OBJECTIVE)")
-    p.add_argument("--objective", choices=["drl", "vdrl", "score"], default="drl")
+    p.add_argument("--objective", choices=OBJECTIVES, default="drl",
+                   help="drl, vdrl, score (no encoder); baselines: ae, vae, simclr_gauss")
     p.add_argument("--time-cond", action=argparse.BooleanOptionalAction, default=False,
                    help="time-conditioned encoder E(x0, t), eq. 9")
     p.add_argument("--latent-dim", type=int, default=128)
@@ -54,7 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--t-fixed", type=float, default=0.5)
     p.add_argument("--t-eps", type=float, default=1e-5)
     p.add_argument("--l1", type=float, default=1e-5, help="L1 weight on z (drl)")
-    p.add_argument("--kl", type=float, default=1e-5, help="KL weight (vdrl)")
+    p.add_argument("--kl", type=float, default=None, help="KL weight (default 1e-5 for vdrl, 1 for vae)")
+    p.add_argument("--aug-std", type=float, default=0.3, help="simclr_gauss: std of the pixel noise of a view")
+    p.add_argument("--temperature", type=float, default=0.5, help="simclr_gauss: NT-Xent temperature")
     p.add_argument("--sigma-min", type=float, default=0.01)
     p.add_argument("--sigma-max", type=float, default=50.0)
     p.add_argument("--ch", type=int)
@@ -85,6 +94,9 @@ def parse_args(argv=None):
     args.device = args.device or ("cuda" if torch.cuda.is_available() else
                                   "mps" if torch.backends.mps.is_available() else "cpu")
     args.amp = args.amp or ("bf16" if args.device.startswith("cuda") else "off")
+    args.kl = args.kl if args.kl is not None else (1.0 if args.objective == "vae" else 1e-5)
+    if args.time_cond and args.objective not in ("drl", "vdrl"):
+        p.error(f"--time-cond needs --objective drl or vdrl (a {args.objective} encoder has no t)")
     return args
 
 
@@ -96,13 +108,21 @@ def net_config(args):
                 attn_res=[int(r) for r in args.attn_res.split(",") if r],
                 sigma_min=args.sigma_min, sigma_max=args.sigma_max)
     latent = 0 if args.objective == "score" else args.latent_dim
-    encoder = None if not latent else dict(arch, latent_dim=latent, probabilistic=args.objective == "vdrl",
-                                           time_cond=args.time_cond)
-    return dict(score_net=dict(arch, latent_dim=latent, dropout=args.dropout), encoder=encoder)
+    config = dict(score_net=None, encoder=None, decoder=None, projector=None)
+    if args.objective in DIFFUSION:
+        config["score_net"] = dict(arch, latent_dim=latent, dropout=args.dropout)
+    if latent:
+        config["encoder"] = dict(arch, latent_dim=latent, probabilistic=args.objective in ("vdrl", "vae"),
+                                 time_cond=args.time_cond)
+    if args.objective in ("ae", "vae"):
+        config["decoder"] = dict(in_ch=in_ch, image_size=size, ch=args.ch, ch_mult=arch["ch_mult"], latent_dim=latent)
+    if args.objective == "simclr_gauss":
+        config["projector"] = dict(latent_dim=latent)
+    return config
 
 
 def main(argv=None):
-    """Train; returns the (score_net, encoder) modules, which tests and notebooks can inspect."""
+    """Train; returns the (score_net, encoder) modules (None where the run has none) for inspection."""
     args = parse_args(argv)
     device = torch.device(args.device)
     # torchrun sets these; each process owns one GPU (or CPU share) and a 1/world share of the batch
@@ -135,12 +155,11 @@ def main(argv=None):
 
     # ---- networks, EMA copies, optimizer ----
     config = net_config(args)
-    score_net, encoder = build_nets(config)
-    nets = [m.to(device, memory_format=memory_format) for m in (score_net, encoder) if m is not None]
+    nets = {k: m.to(device, memory_format=memory_format) for k, m in build_nets(config).items()}
     # the modules the training forward calls: DDP-wrapped (its constructor broadcasts rank 0's weights)
-    train_nets = [DistributedDataParallel(m) for m in nets] if world > 1 else list(nets)
-    emas = [copy.deepcopy(m).eval().requires_grad_(False) for m in nets]
-    params = [p for m in nets for p in m.parameters()]
+    train_nets = {k: DistributedDataParallel(m) for k, m in nets.items()} if world > 1 else dict(nets)
+    emas = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in nets.items()}
+    params = [p for m in nets.values() for p in m.parameters()]
     fused = device.type in ("cuda", "cpu")
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=fused)
     scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
@@ -156,11 +175,9 @@ def main(argv=None):
         if ckpt.get("config") != config or not same_data:
             raise SystemExit(f"error: {ckpt_path} holds a run with other networks, objective or data; "
                              f"pass the flags it was trained with (see {out}/config.json) or another --out")
-        score_net.load_state_dict(ckpt["score_net"])
-        emas[0].load_state_dict(ckpt["ema_score_net"])
-        if encoder is not None:
-            encoder.load_state_dict(ckpt["encoder"])
-            emas[1].load_state_dict(ckpt["ema_encoder"])
+        for k in nets:
+            nets[k].load_state_dict(ckpt[k])
+            emas[k].load_state_dict(ckpt["ema_" + k])
         opt.load_state_dict(ckpt["opt"])
         scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -178,42 +195,56 @@ def main(argv=None):
             print(f"already trained to step {step} >= --steps {args.steps}: raise --steps to train on")
             return finish(world, nets)
     if args.compile:  # in place: state_dict keys stay free of compile prefixes; EMA copies stay eager
-        for m in nets:
+        for m in nets.values():
             m.compile()
 
-    def loss_terms(x0):
-        """DSM loss (eq. 7/9) and the code's regulariser, each averaged over the batch."""
-        t = sde.sample_t(x0.shape[0], args.t_sampling, args.t_fixed, args.t_eps, device)
-        noise = torch.randn_like(x0)
-        std = sde.marginal_std(t)
-        x_t = sde.perturb(x0, t, noise)
-        with autocast:
-            z, mu, logvar = reparameterise(*train_nets[1](x0, t)) if encoder is not None else (None,) * 3
-            score = train_nets[0](x_t, t, z)
-        dsm = dsm_loss(score, noise, std).mean()
-        if args.objective == "vdrl":
+    def loss_terms(x0, m):
+        """The objective's loss and the code's regulariser, each averaged over the batch; m holds the
+        networks to use (the training ones, or the EMA copies for evaluation)."""
+        zero = torch.zeros((), device=device)
+        if args.objective in DIFFUSION:  # DSM loss, eq. 7 (drl), 8 (vdrl), 9 (time-conditioned)
+            t = sde.sample_t(x0.shape[0], args.t_sampling, args.t_fixed, args.t_eps, device)
+            noise = torch.randn_like(x0)
+            std = sde.marginal_std(t)
+            x_t = sde.perturb(x0, t, noise)
+            with autocast:
+                z, mu, logvar = reparameterise(*m["encoder"](x0, t)) if "encoder" in m else (None,) * 3
+                score = m["score_net"](x_t, t, z)
+            loss = dsm_loss(score, noise, std).mean()
+        elif args.objective == "simclr_gauss":  # two views of each image that differ only by pixel noise
+            views = x0.repeat(2, 1, 1, 1)
+            views = views + args.aug_std * torch.randn_like(views)
+            with autocast:
+                h = m["projector"](m["encoder"](views)[0])
+            return nt_xent(*h.chunk(2), args.temperature), zero
+        else:  # ae, vae: x_0 from z alone; Bernoulli likelihood of the intensities in [0, 1]
+            with autocast:
+                z, mu, logvar = reparameterise(*m["encoder"](x0))
+                logits = m["decoder"](z)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), x0, reduction="none").flatten(1).sum(1).mean()
+        if logvar is not None:
             reg = args.kl * kl_to_standard_normal(mu, logvar).mean()
         elif args.objective == "drl":
             reg = args.l1 * z.float().abs().sum(1).mean()
         else:
-            reg = torch.zeros((), device=device)
-        return dsm, reg
+            reg = zero
+        return loss, reg
 
     def train_step(x0, step):
         lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
         for group in opt.param_groups:
             group["lr"] = lr
-        dsm, reg = loss_terms(x0)
-        scaler.scale(dsm + reg).backward()
+        loss, reg = loss_terms(x0, train_nets)
+        scaler.scale(loss + reg).backward()
         scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         scaler.step(opt)
         scaler.update()
         opt.zero_grad(set_to_none=True)
         decay = min(args.ema, (1 + step) / (10 + step))  # EMA warm-up: early averages forget fast
-        for ema, net in zip(emas, nets):
-            torch._foreach_lerp_(list(ema.parameters()), list(net.parameters()), 1 - decay)
-        return dsm.detach(), reg.detach()
+        for k in nets:
+            torch._foreach_lerp_(list(emas[k].parameters()), list(nets[k].parameters()), 1 - decay)
+        return loss.detach(), reg.detach()
 
     def next_batch():
         idx = torch.randint(len(images), (batch,), device=device, generator=data_gen)
@@ -221,21 +252,14 @@ def main(argv=None):
 
     @torch.no_grad()
     def eval_loss():
-        """DSM loss of the EMA nets on fixed test images, t and noise: comparable across runs."""
+        """The loss of the EMA nets on fixed test images, t and noise: comparable across runs."""
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(1234)
-            total = 0.0
-            for x0 in eval_x0.split(250):
-                t = sde.sample_t(x0.shape[0], args.t_sampling, args.t_fixed, args.t_eps, device)
-                noise = torch.randn_like(x0)
-                with autocast:
-                    z = emas[1](x0, t)[0] if encoder is not None else None
-                    score = emas[0](sde.perturb(x0, t, noise), t, z)
-                total += dsm_loss(score, noise, sde.marginal_std(t)).sum().item()
+            total = sum(loss_terms(x0, emas)[0].item() * len(x0) for x0 in eval_x0.split(250))
         return total / len(eval_x0)
 
     if args.benchmark:
-        for m in nets:
+        for m in nets.values():
             m.train()
         for _ in range(5):  # warm-up (and compilation)
             train_step(next_batch(), 10**6)
@@ -248,7 +272,7 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.synchronize()
         dt = time.perf_counter() - t0
-        flops = count_step_flops(loss_terms, next_batch()) / batch  # per image
+        flops = count_step_flops(lambda x0: loss_terms(x0, train_nets), next_batch()) / batch  # per image
         ips = args.benchmark * args.batch_size / dt
         mem = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
         if rank == 0:
@@ -265,26 +289,25 @@ def main(argv=None):
         rng = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state()
-        state = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}
-        save_atomic(dict(
-            kind="drl_train", version=1, step=step, args=vars(args), config=config,
-            score_net=state(score_net), ema_score_net=state(emas[0]),
-            encoder=state(encoder) if encoder is not None else None,
-            ema_encoder=state(emas[1]) if encoder is not None else None,
-            opt=opt.state_dict(), scaler=scaler.state_dict(), rng=rng), ckpt_path)
+        state = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()} if m is not None else None
+        weights = {}
+        for k in config:  # every slot, None where this run has no such network
+            weights[k], weights["ema_" + k] = state(nets.get(k)), state(emas.get(k))
+        save_atomic(dict(kind="drl_train", version=1, step=step, args=vars(args), config=config, **weights,
+                         opt=opt.state_dict(), scaler=scaler.state_dict(), rng=rng), ckpt_path)
 
     if rank == 0:
         print(f"{args.objective} on {args.dataset}: {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
               f"{args.steps} steps, {world} process(es), {device}, amp {args.amp}, out {out}")
-    for m in nets:
+    for m in nets.values():
         m.train()
-    sum_dsm, sum_reg, n_sum, t0, last_saved = 0.0, 0.0, 0, time.perf_counter(), step
+    sum_loss, sum_reg, n_sum, t0, last_saved = 0.0, 0.0, 0, time.perf_counter(), step
     while step < args.steps:
-        dsm, reg = train_step(next_batch(), step)
-        sum_dsm, sum_reg, n_sum, step = sum_dsm + dsm, sum_reg + reg, n_sum + 1, step + 1
+        loss, reg = train_step(next_batch(), step)
+        sum_loss, sum_reg, n_sum, step = sum_loss + loss, sum_reg + reg, n_sum + 1, step + 1
         at_save = step % args.save_every == 0 or step == args.steps
         if step % args.log_every == 0 or at_save:
-            sums = torch.stack([sum_dsm, sum_reg]) / n_sum
+            sums = torch.stack([sum_loss, sum_reg]) / n_sum
             if world > 1:
                 dist.all_reduce(sums)  # every process sees the same loss, so all stop together on a NaN
                 sums /= world
@@ -304,22 +327,22 @@ def main(argv=None):
                 print(f"step {step:>7}  loss {loss:9.3f}  reg {reg:.2e}{ev}  {images_per_s:7.1f} img/s{mem}")
                 with open(out / "stats.jsonl", "a") as f:
                     f.write(json.dumps(row) + "\n")
-            sum_dsm, sum_reg, n_sum, t0 = 0.0, 0.0, 0, time.perf_counter()
+            sum_loss, sum_reg, n_sum, t0 = 0.0, 0.0, 0, time.perf_counter()
     return finish(world, nets)
 
 
 def finish(world, nets):
     if world > 1:
         dist.destroy_process_group()
-    return nets[0], nets[1] if len(nets) > 1 else None
+    return nets.get("score_net"), nets.get("encoder")
 
 
 def count_step_flops(loss_terms, x0):
     """FLOPs of one training step's forward and backward, counted by torch.utils.flop_counter."""
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
-        dsm, reg = loss_terms(x0)
-        (dsm + reg).backward()
+        loss, reg = loss_terms(x0)
+        (loss + reg).backward()
     return counter.get_total_flops()
 
 

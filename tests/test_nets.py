@@ -1,8 +1,10 @@
 """U-Net and encoder: shapes, FiLM conditioning, encoder kinds."""
+import math
+
 import pytest
 import torch
 
-from encoder import Encoder, encode
+from encoder import Decoder, Encoder, encode, nt_xent
 from unet import ResBlock, UNet
 
 TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1)
@@ -88,3 +90,19 @@ def test_encoder_kinds():
 def test_encoder_rgb_32():
     enc = Encoder(in_ch=3, image_size=32, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, latent_dim=7)
     assert encode(enc, torch.rand(2, 3, 32, 32)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("in_ch,size,ch_mult", [(1, 28, (1, 2)), (3, 32, (1, 2, 2))])
+def test_decoder_inverts_the_encoder_shapes(in_ch, size, ch_mult):
+    dec = Decoder(in_ch, size, 8, ch_mult, latent_dim=5)
+    assert dec(torch.randn(2, 5)).shape == (2, in_ch, size, size)
+
+
+def test_nt_xent_against_closed_form():
+    # B = 2 orthogonal pairs, each view equal to its partner: an anchor's row holds one positive with
+    # similarity 1 / tau and two negatives with similarity 0, so the loss is log(e^(1/tau) + 2) - 1/tau
+    h = torch.eye(2, 4)
+    tau = 0.5
+    assert torch.allclose(nt_xent(h, h, tau), torch.tensor(math.log(math.exp(1 / tau) + 2) - 1 / tau))
+    # swapping the partners of the second view makes every positive a stranger: the loss grows
+    assert nt_xent(h, h.flip(0), tau) > nt_xent(h, h, tau) + 1

@@ -70,7 +70,24 @@ def test_nn_eval_reports_both_pairings(tmp_path, runs):
                  "--out", str(tmp_path), "--device", "cpu", "--corrector-steps", "0"])
     info = json.loads((tmp_path / "recon.json").read_text())
     assert info["nn_candidates"] == 100
-    assert 0 <= info["nn_is_source_own_code"] <= 1 and 0 <= info["nn_is_source_shuffled_codes"] <= 1
+    for key in ("nn_is_source", "nn_same_class"):
+        assert 0 <= info[f"{key}_own_code"] <= 1 and 0 <= info[f"{key}_shuffled_codes"] <= 1
+
+
+def test_grid_spans_the_codes_unless_given_a_range(tmp_path, runs):
+    import data
+    score_net, encoder, sde, ckpt = data.load_run(runs["vdrl2"])
+    images, _ = data.load_dataset("shapes", ckpt["args"]["data_dir"], train=False)
+    codes = encoder(images[:2000].float() / 255)[0].detach()
+    args = ["--ckpt", str(runs["vdrl2"]), "--mode", "grid", "--steps", "1", "--n", "2", "--out", str(tmp_path),
+            "--device", "cpu", "--corrector-steps", "0"]
+    sample.main(args)
+    lo, hi = json.loads((tmp_path / "grid.json").read_text())["range"]
+    for i in range(2):
+        inside = ((codes[:, i] >= lo[i]) & (codes[:, i] <= hi[i])).float().mean().item()
+        assert abs(inside - 0.96) < 0.01
+    sample.main(args + ["--range", "3"])
+    assert "range" not in json.loads((tmp_path / "grid.json").read_text())
 
 
 @pytest.mark.parametrize("mode,run,msg", [("grid", "tc", "a 2-D code"), ("prior", "tc", "VDRL"),
@@ -79,3 +96,12 @@ def test_wrong_checkpoint_kind_is_one_line_error(tmp_path, runs, mode, run, msg)
     with pytest.raises(SystemExit, match=msg) as e:
         sample.main(["--ckpt", str(runs[run]), "--mode", mode, "--out", str(tmp_path), "--device", "cpu"])
     assert "\n" not in str(e.value)
+
+
+def test_baseline_without_score_net_is_one_line_error(tmp_path):
+    import train_drl
+    out = tmp_path / "ae"
+    train_drl.main(["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--steps", "1",
+                    "--eval-n", "8", "--device", "cpu", "--objective", "ae", "--out", str(out)])
+    with pytest.raises(SystemExit, match="no score net"):
+        sample.main(["--ckpt", str(out / "ckpt.pt"), "--mode", "recon", "--out", str(tmp_path), "--device", "cpu"])

@@ -117,3 +117,23 @@ def test_load_run_rejects_wrong_files(tmp_path):
 def test_benchmark_prints_images_per_second(capsys):
     train_drl.main(TINY + ["--benchmark", "2"])
     assert "images/s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("objective", ["ae", "vae", "simclr_gauss"])
+def test_baselines_train_the_same_encoder_and_save_the_same_format(tmp_path, objective):
+    out = run(tmp_path, objective, "--objective", objective, "--steps", "4", "--save-every", "4", "--latent-dim", "8")
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    head = {"ae": "decoder", "vae": "decoder", "simclr_gauss": "projector"}[objective]
+    assert ckpt["score_net"] is None and ckpt[head] is not None
+    assert ckpt["config"]["encoder"]["probabilistic"] == (objective == "vae")
+    assert ckpt["args"]["kl"] == (1.0 if objective == "vae" else 1e-5)
+    for net in ("encoder", head):  # both were trained
+        assert not all(torch.equal(ckpt["ema_" + net][k], v) for k, v in ckpt[net].items())
+    score_net, encoder, _, _ = load_run(out / "ckpt.pt")
+    assert score_net is None and encoder(torch.rand(3, 1, 28, 28))[0].shape == (3, 8)
+    assert json.loads((out / "stats.jsonl").read_text().splitlines()[-1])["eval_loss"] > 0
+
+
+def test_time_cond_needs_a_diffusion_objective(tmp_path):
+    with pytest.raises(SystemExit):
+        run(tmp_path, "x", "--objective", "ae", "--time-cond")
