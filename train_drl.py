@@ -172,7 +172,8 @@ def main(argv=None):
     if ckpt_path.exists() and not args.benchmark:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         same_data = all(ckpt["args"].get(k) == getattr(args, k) for k in ("dataset", "t_sampling", "t_fixed"))
-        if ckpt.get("config") != config or not same_data:
+        present = lambda c: {k: v for k, v in c.items() if v}  # runs saved before a net slot existed
+        if present(ckpt.get("config", {})) != present(config) or not same_data:
             raise SystemExit(f"error: {ckpt_path} holds a run with other networks, objective or data; "
                              f"pass the flags it was trained with (see {out}/config.json) or another --out")
         for k in nets:

@@ -1,0 +1,338 @@
+"""Probe frozen codes: how much does a code tell about the class, at every t? (TMLR paper Fig. 4,
+ICML workshop paper Fig. 4)
+
+    python probe.py --ckpt runs/fmnist-drl/ckpt.pt runs/fmnist-ae/ckpt.pt --out probes/fmnist
+    python probe.py --ckpt runs/fmnist-tc/ckpt.pt --ts 0,0.5,1 --max-train 5000   # a quick check
+
+For every checkpoint and every t (one point for an encoder without t), the EMA encoder codes the
+training and test images (the mean, for a probabilistic encoder), and the frozen codes are probed:
+- linear: multinomial logistic regression on standardised codes (full-batch L-BFGS), its weight
+  decay picked from --weight-decays on a held-out 10% of the training codes;
+- mlp (--mlp): the follow-up paper's Linear(d, 512)-ReLU-Dropout(0.25)-Linear, Adam, weight decay 1e-5;
+- knn: majority vote of the k nearest training codes (euclidean, standardised);
+- few-shot: nearest class mean of 1, 5 and 10 labelled training codes per class, averaged over draws;
+- silhouette: of the test codes with respect to the class labels (euclidean, codes as they are).
+Baselines computed here: raw pixels and a randomly initialised encoder of the first checkpoint's
+architecture. Writes OUT/probe.json (every number), OUT/probe.png (accuracy and silhouette vs t),
+OUT/scatter_NAME.png for 2-D codes, and caches codes in OUT/cache (a second run only probes).
+"""
+import argparse
+import hashlib
+import json
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import DataError, build_nets, load_dataset, load_run
+
+FEW_SHOTS = (1, 5, 10)
+
+
+# ---- probes: each takes codes (N, D) and int labels, returns a number ----
+
+def standardise(train, *others):
+    """Zero mean, unit variance per feature, with the training codes' statistics."""
+    mean, std = train.mean(0), train.std(0).clamp(min=1e-6)
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def fit_logistic(x, y, n_classes, weight_decay, max_iter=100):
+    """Multinomial logistic regression: minimise cross-entropy + weight_decay / 2 * ||W||^2 by L-BFGS."""
+    layer = nn.Linear(x.shape[1], n_classes).to(x.device)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    opt = torch.optim.LBFGS(layer.parameters(), lr=1, max_iter=max_iter, history_size=10,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(layer(x), y) + 0.5 * weight_decay * layer.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return layer
+
+
+def accuracy(logits, y):
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+def linear_probe(x_train, y_train, x_test, y_test, weight_decays=(0.0, 1e-4, 1e-3, 1e-2), seed=0):
+    """Test accuracy of a linear classifier on standardised codes; the weight decay is the one that
+    does best on a held-out 10% of the training codes. Returns (accuracy, weight decay)."""
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    x_train, x_test = standardise(x_train, x_test)
+    perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed)).to(x_train.device)
+    held, fit = perm[: len(perm) // 10], perm[len(perm) // 10:]
+    best = max(weight_decays, key=lambda wd: accuracy(
+        fit_logistic(x_train[fit], y_train[fit], n_classes, wd)(x_train[held]), y_train[held]))
+    with torch.no_grad():
+        return accuracy(fit_logistic(x_train, y_train, n_classes, best)(x_test), y_test), best
+
+
+def mlp_probe(x_train, y_train, x_test, y_test, epochs=20, lr=1e-3, seed=0):
+    """The follow-up paper's MLP probe: Linear(d, 512), ReLU, dropout 0.25, Linear; Adam, weight
+    decay 1e-5, batch 256. Test accuracy after `epochs`."""
+    torch.manual_seed(seed)
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    x_train, x_test = standardise(x_train, x_test)
+    net = nn.Sequential(nn.Linear(x_train.shape[1], 512), nn.ReLU(), nn.Dropout(0.25),
+                        nn.Linear(512, n_classes)).to(x_train.device)
+    opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=1e-5)
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x_train), device=x_train.device).split(256):
+            loss = F.cross_entropy(net(x_train[idx]), y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    with torch.no_grad():
+        return accuracy(net(x_test), y_test)
+
+
+@torch.no_grad()
+def knn_accuracy(x_train, y_train, x_test, y_test, k=10):
+    """Majority vote of the k nearest standardised training codes (ties go to the lower label)."""
+    x_train, x_test = standardise(x_train, x_test)
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    correct = 0
+    for xs, ys in zip(x_test.split(1000), y_test.split(1000)):
+        nearest = torch.cdist(xs, x_train).topk(k, largest=False).indices
+        votes = F.one_hot(y_train[nearest], n_classes).sum(1)
+        correct += (votes.argmax(1) == ys).sum().item()
+    return correct / len(x_test)
+
+
+@torch.no_grad()
+def few_shot_accuracy(x_train, y_train, x_test, y_test, shots, draws=10, seed=0):
+    """Nearest class mean of `shots` random labelled training codes per class (standardised with
+    all training codes, which need no labels). Returns (mean, std) of the accuracy over draws."""
+    x_train, x_test = standardise(x_train, x_test)
+    g = torch.Generator().manual_seed(seed)
+    classes = y_train.unique()
+    accs = []
+    for _ in range(draws):
+        means = []
+        for c in classes:
+            members = (y_train == c).nonzero().squeeze(1).cpu()
+            pick = members[torch.randperm(len(members), generator=g)[:shots]]
+            means.append(x_train[pick.to(x_train.device)].mean(0))
+        nearest = torch.cdist(x_test, torch.stack(means)).argmin(1)
+        accs.append((classes[nearest] == y_test).float().mean().item())
+    accs = torch.tensor(accs)
+    return accs.mean().item(), accs.std().item() if draws > 1 else 0.0
+
+
+@torch.no_grad()
+def silhouette(x, y):
+    """Mean silhouette (Rousseeuw 1987), euclidean: for each point, a = mean distance to the other
+    members of its class, b = the smallest mean distance to another class, s = (b - a) / max(a, b);
+    s = 0 for a point alone in its class."""
+    classes, y = y.unique(return_inverse=True)
+    onehot = F.one_hot(y, len(classes)).to(x.dtype)
+    counts = onehot.sum(0)
+    scores = []
+    for xs, ys in zip(x.split(1000), y.split(1000)):
+        sums = torch.cdist(xs, x) @ onehot  # (chunk, classes): summed distance to each class
+        own = counts[ys]
+        a = sums.gather(1, ys[:, None]).squeeze(1) / (own - 1).clamp(min=1)
+        other = (sums / counts).scatter(1, ys[:, None], float("inf"))
+        b = other.min(1).values
+        s = (b - a) / torch.maximum(a, b).clamp(min=1e-12)
+        scores.append(torch.where(own > 1, s, torch.zeros_like(s)))
+    return torch.cat(scores).mean().item()
+
+
+# ---- codes: encoded in batches, cached per (checkpoint, t, images) ----
+
+@torch.no_grad()
+def encode_images(encoder, images, t, device, batch_size=500):
+    """Codes (N, D) float32 on `device` of uint8 images (N, C, H, W) at time t (None: no t)."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    codes = []
+    for x in images.split(batch_size):
+        x = x.to(device).float() / 255
+        tt = None if t is None else torch.full((len(x),), float(t), device=device)
+        with autocast:
+            codes.append(encoder(x, tt)[0].float())
+    return torch.cat(codes)
+
+
+def cached_codes(cache, key, make):
+    """make() once per key; later runs load the codes from cache/KEY_HASH.pt."""
+    path = cache / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    codes = make().cpu()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(codes, tmp)
+    tmp.replace(path)
+    return codes
+
+
+# ---- the stage ----
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", nargs="+", required=True, help="train_drl.py checkpoints with an encoder")
+    p.add_argument("--out", default="probes")
+    p.add_argument("--ts", default=",".join(f"{i / 10:g}" for i in range(11)), help="times for E(x0, t)")
+    p.add_argument("--max-train", type=int, default=None, help="use this many training images (random)")
+    p.add_argument("--max-test", type=int, default=None, help="use the first this many test images")
+    p.add_argument("--silhouette-n", type=int, default=5000, help="test codes in the silhouette")
+    p.add_argument("--knn", type=int, default=10, help="k of the k-NN probe")
+    p.add_argument("--draws", type=int, default=10, help="random draws per few-shot setting")
+    p.add_argument("--weight-decays", default="0,1e-4,1e-3,1e-2", help="linear probe: candidates")
+    p.add_argument("--mlp", action="store_true", help="also the MLP probe (slower)")
+    p.add_argument("--mlp-epochs", type=int, default=20)
+    p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                   help="raw pixels and a random encoder")
+    p.add_argument("--data-dir", default=None, help="default: the first run's --data-dir")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.ts = [float(t) for t in args.ts.split(",")]
+    args.weight_decays = [float(w) for w in args.weight_decays.split(",")]
+    return args
+
+
+def probe_codes(args, train, y_train, test, y_test):
+    """Every probe on one set of codes: a dict of numbers."""
+    t0 = time.perf_counter()
+    row = {}
+    row["linear"], row["linear_weight_decay"] = linear_probe(train, y_train, test, y_test, args.weight_decays, args.seed)
+    if args.mlp:
+        row["mlp"] = mlp_probe(train, y_train, test, y_test, args.mlp_epochs, seed=args.seed)
+    row["knn"] = knn_accuracy(train, y_train, test, y_test, args.knn)
+    for shots in FEW_SHOTS:
+        row[f"few_shot_{shots}"], row[f"few_shot_{shots}_std"] = few_shot_accuracy(
+            train, y_train, test, y_test, shots, args.draws, args.seed)
+    n = min(args.silhouette_n, len(test))
+    row["silhouette"] = silhouette(test[:n], y_test[:n])
+    row["probe_seconds"] = time.perf_counter() - t0
+    return row
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    runs = []
+    try:
+        for path in args.ckpt:
+            _, encoder, _, ckpt = load_run(path, device)
+            if encoder is None:
+                raise DataError(f"{path} is a plain score model with no encoder; probe a drl, vdrl, ae, vae "
+                                f"or simclr_gauss run")
+            runs.append((path, encoder, ckpt))
+        dataset = runs[0][2]["args"]["dataset"]
+        if any(ckpt["args"]["dataset"] != dataset for _, _, ckpt in runs):
+            raise DataError(f"the checkpoints were trained on different data sets; probe one data set at a time")
+        data_dir = args.data_dir or runs[0][2]["args"]["data_dir"]
+        images, y_train = load_dataset(dataset, data_dir, train=True)
+        test_images, y_test = load_dataset(dataset, data_dir, train=False)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
+    if args.max_train and args.max_train < len(images):
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
+        images, y_train = images[keep], y_train[keep]
+    test_images, y_test = test_images[: args.max_test], y_test[: args.max_test]
+    y_train, y_test = y_train.to(device), y_test.to(device)
+    subset = f"{dataset}|{len(images)}|{args.seed}|{len(test_images)}"
+    torch.manual_seed(args.seed)
+
+    results, names = {}, []
+    for path, encoder, ckpt in runs:
+        name = Path(path).resolve().parent.name
+        name = name if name not in names else f"{name}_{len(names)}"
+        names.append(name)
+        stat = Path(path).stat()
+        ts = args.ts if encoder.time_cond else [None]
+        rows = []
+        for t in ts:
+            key = f"{Path(path).resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{t}|{subset}"
+            train = cached_codes(out / "cache", key + "|train", lambda: encode_images(encoder, images, t, device))
+            test = cached_codes(out / "cache", key + "|test", lambda: encode_images(encoder, test_images, t, device))
+            rows.append(dict(t=t, **probe_codes(args, train.to(device), y_train, test.to(device), y_test)))
+            print(f"{name:>24} t={'-' if t is None else f'{t:.2f}'}: " + fmt(rows[-1]), flush=True)
+        results[name] = dict(ckpt=str(path), objective=ckpt["args"]["objective"], latent_dim=encoder.latent_dim,
+                             time_cond=encoder.time_cond, step=ckpt["step"], per_t=rows)
+        if encoder.latent_dim == 2:
+            scatter(out / f"scatter_{name}.png", encoder, test_images, y_test, ts, device, name)
+
+    if args.baselines:  # the same probes on raw pixels and on an untrained copy of the first encoder
+        flat = lambda x: x.flatten(1).float().to(device) / 255
+        results["raw_pixels"] = dict(per_t=[dict(t=None, **probe_codes(args, flat(images), y_train,
+                                                                        flat(test_images), y_test))])
+        print(f"{'raw_pixels':>24} t=-: " + fmt(results["raw_pixels"]["per_t"][0]), flush=True)
+        torch.manual_seed(args.seed)
+        random_encoder = build_nets({"encoder": runs[0][2]["config"]["encoder"]})["encoder"].to(device).eval()
+        t = 0.5 if random_encoder.time_cond else None
+        rows = [dict(t=t, **probe_codes(args, encode_images(random_encoder, images, t, device), y_train,
+                                        encode_images(random_encoder, test_images, t, device), y_test))]
+        results["random_encoder"] = dict(architecture_of=names[0], per_t=rows)
+        print(f"{'random_encoder':>24} t=-: " + fmt(rows[0]), flush=True)
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = dict(dataset=dataset, train_images=len(images), test_images=len(test_images), knn_k=args.knn,
+                few_shot_draws=args.draws, device=str(device))
+    (out / "probe.json").write_text(json.dumps(dict(meta=meta, results=results), indent=2))
+    plot(out / "probe.png", results, dataset)
+    print(f"wrote {out / 'probe.json'} and {out / 'probe.png'}")
+    return results
+
+
+def fmt(row):
+    mlp = f"  mlp {100 * row['mlp']:5.1f}" if "mlp" in row else ""
+    shots = " ".join(f"{100 * row[f'few_shot_{k}']:5.1f}" for k in FEW_SHOTS)
+    return (f"linear {100 * row['linear']:5.1f}{mlp}  knn {100 * row['knn']:5.1f}  "
+            f"few-shot 1/5/10 {shots}  silhouette {row['silhouette']:+.3f}")
+
+
+def plot(path, results, dataset):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for i, (name, r) in enumerate(results.items()):
+        rows, color = r["per_t"], f"C{i % 10}"
+        for ax, key in zip(axes, ("linear", "silhouette")):
+            scale = 100 if key == "linear" else 1
+            if len(rows) == 1:  # a code without t: one number, drawn as a horizontal line
+                ax.axhline(scale * rows[0][key], ls="--", lw=1, label=name, color=color)
+            else:
+                ax.plot([row["t"] for row in rows], [scale * row[key] for row in rows], "o-", label=name, color=color)
+    axes[0].set(xlabel="t", ylabel="linear probe accuracy (%)", title=f"{dataset}: linear probe")
+    axes[1].set(xlabel="t", ylabel="silhouette (class labels)", title=f"{dataset}: silhouette")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def scatter(path, encoder, images, labels, ts, device, name, n=2000):
+    """2-D codes of n test images, one panel per t, coloured by class (paper Fig. 2/3)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(ts), figsize=(3 * len(ts), 3), squeeze=False)
+    for ax, t in zip(axes[0], ts):
+        z = encode_images(encoder, images[:n], t, device).cpu()
+        ax.scatter(z[:, 0], z[:, 1], c=labels[:n].cpu(), cmap="tab10", s=2)
+        ax.set_title(name if t is None else f"{name} t={t:g}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

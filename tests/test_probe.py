@@ -1,0 +1,96 @@
+"""probe.py: each probe against cases with a known answer, caching, and the stage end to end."""
+import json
+
+import pytest
+import torch
+
+import probe
+import train_drl
+
+
+def blobs(n_per_class=100, classes=4, dim=8, spread=0.3, seed=0):
+    """Linearly separable codes: one well separated cluster per class (the same centres for every seed)."""
+    centres = 3 * torch.randn(classes, dim, generator=torch.Generator().manual_seed(123))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(classes).repeat_interleave(n_per_class)
+    return centres[y] + spread * torch.randn(len(y), dim, generator=g), y
+
+
+def test_linear_probe_separable_codes_and_random_labels():
+    x, y = blobs()
+    xt, yt = blobs(seed=1)
+    acc, wd = probe.linear_probe(x, y, xt, yt)
+    assert acc > 0.99 and wd in (0.0, 1e-4, 1e-3, 1e-2)
+    g = torch.Generator().manual_seed(2)
+    x_noise, xt_noise = torch.randn(2000, 8, generator=g), torch.randn(2000, 8, generator=g)
+    y_noise, yt_noise = torch.randint(4, (2000,), generator=g), torch.randint(4, (2000,), generator=g)
+    acc, _ = probe.linear_probe(x_noise, y_noise, xt_noise, yt_noise)
+    assert abs(acc - 0.25) < 0.04  # chance: 4 classes
+
+
+def test_knn_few_shot_and_mlp_on_separable_codes():
+    x, y = blobs()
+    xt, yt = blobs(seed=1)
+    assert probe.knn_accuracy(x, y, xt, yt, k=5) > 0.99
+    mean, std = probe.few_shot_accuracy(x, y, xt, yt, shots=1, draws=3)
+    assert mean > 0.95 and std >= 0
+    assert probe.mlp_probe(x, y, xt, yt, epochs=5) > 0.99
+
+
+def test_silhouette_matches_hand_computed_example():
+    # 1-D points: class 0 at {0, 1}, class 1 at {4, 5}, class 2 at {10} (a singleton scores 0).
+    # point 0: a = 1, b = min(4.5, 10) -> 3.5/4.5;  point 1: a = 1, b = min(3.5, 9) -> 2.5/3.5;
+    # point 4: a = 1, b = min(3.5, 6) -> 2.5/3.5;  point 5: a = 1, b = min(4.5, 5) -> 3.5/4.5
+    x = torch.tensor([[0.0], [1.0], [4.0], [5.0], [10.0]])
+    y = torch.tensor([0, 0, 1, 1, 2])
+    expected = (2 * 7 / 9 + 2 * 5 / 7) / 5
+    assert probe.silhouette(x, y) == pytest.approx(expected, abs=1e-6)
+    # labels in any order and with gaps give the same number; chunking does not change it
+    assert probe.silhouette(x, torch.tensor([7, 7, 3, 3, 9])) == pytest.approx(expected, abs=1e-6)
+    xb, yb = blobs(n_per_class=400)
+    assert probe.silhouette(xb, yb) > 0.8  # 1600 points: two chunks
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    tiny = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "8",
+            "--steps", "2", "--save-every", "2", "--log-every", "2", "--device", "cpu"]
+    made = {}
+    for name, extra in {"tc2": ["--objective", "drl", "--time-cond", "--latent-dim", "2"],
+                        "ae": ["--objective", "ae", "--latent-dim", "4"],
+                        "score": ["--objective", "score"]}.items():
+        train_drl.main(tiny + ["--out", str(root / name), *extra])
+        made[name] = str(root / name / "ckpt.pt")
+    return made
+
+
+def test_stage_end_to_end_and_cache(tmp_path, runs):
+    args = ["--ckpt", runs["tc2"], runs["ae"], "--out", str(tmp_path), "--ts", "0,1", "--max-train", "300",
+            "--max-test", "200", "--draws", "2", "--device", "cpu", "--mlp", "--mlp-epochs", "1"]
+    first = probe.main(args)
+    assert [row["t"] for row in first["tc2"]["per_t"]] == [0.0, 1.0]
+    assert [row["t"] for row in first["ae"]["per_t"]] == [None]
+    for name in ("tc2", "ae", "raw_pixels", "random_encoder"):
+        for row in first[name]["per_t"]:
+            assert 0 <= row["linear"] <= 1 and 0 <= row["knn"] <= 1 and -1 <= row["silhouette"] <= 1
+            assert 0 <= row["few_shot_10"] <= 1 and 0 <= row["mlp"] <= 1
+    saved = json.loads((tmp_path / "probe.json").read_text())
+    assert saved["meta"]["train_images"] == 300 and saved["results"]["tc2"]["per_t"][1]["t"] == 1.0
+    assert (tmp_path / "probe.png").stat().st_size > 0 and (tmp_path / "scatter_tc2.png").stat().st_size > 0
+    cached = sorted((tmp_path / "cache").iterdir())
+    assert len(cached) == 2 * 3  # train and test codes for tc2 at two t, and for ae
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    second = probe.main(args)
+    assert [p.stat().st_mtime_ns for p in sorted((tmp_path / "cache").iterdir())] == mtimes  # read, not rewritten
+    for name in ("tc2", "ae"):
+        for a, b in zip(first[name]["per_t"], second[name]["per_t"]):
+            assert {k: v for k, v in a.items() if k != "probe_seconds"} == \
+                   {k: v for k, v in b.items() if k != "probe_seconds"}
+
+
+def test_score_run_and_mixed_data_are_one_line_errors(tmp_path, runs):
+    with pytest.raises(SystemExit, match="no encoder"):
+        probe.main(["--ckpt", runs["score"], "--out", str(tmp_path), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        probe.main(["--ckpt", str(tmp_path / "missing.pt"), "--out", str(tmp_path), "--device", "cpu"])
