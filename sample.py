@@ -213,6 +213,8 @@ def main(argv=None):
                 corrector_steps=args.corrector_steps, snr=args.snr, t_init=args.t_init,
                 nfe_per_image=nfe, images=n_images, seconds=seconds, images_per_s=n_images / seconds,
                 device=str(device), **info)
+    if device.type == "cuda":
+        info["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     (out / f"{args.mode}.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))
 

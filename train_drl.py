@@ -276,10 +276,12 @@ def main(argv=None):
         flops = count_step_flops(lambda x0: loss_terms(x0, train_nets), next_batch()) / batch  # per image
         ips = args.benchmark * args.batch_size / dt
         mem = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
+        peak = peak_bf16_flops(device)
+        mfu = f", MFU {flops * ips / world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s bf16" if peak else ""
         if rank == 0:
             print(f"benchmark: {args.objective} {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
                   f"{world} process(es), amp {args.amp}, compile {args.compile}, {device}: {ips:.1f} images/s, "
-                  f"{flops / 1e9:.3f} GFLOP/image, {flops * ips / 1e12:.3f} TFLOP/s{mem}")
+                  f"{flops / 1e9:.3f} GFLOP/image, {flops * ips / 1e12:.3f} TFLOP/s{mfu}{mem}")
         return finish(world, nets)
 
     if rank == 0:
@@ -336,6 +338,17 @@ def finish(world, nets):
     if world > 1:
         dist.destroy_process_group()
     return nets.get("score_net"), nets.get("encoder")
+
+
+def peak_bf16_flops(device):
+    """Dense bf16 peak of known GPUs (vendor data sheets, per device), or None: the MFU denominator."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12), ("L40S", 362e12), ("4090", 165e12)):
+        if key in name:
+            return peak
+    return None
 
 
 def count_step_flops(loss_terms, x0):
