@@ -1,11 +1,13 @@
-"""What several stages share: the data sets, atomic checkpoint writes, and the run loader.
+"""What several stages share: the data sets, atomic checkpoint writes, the run loader, and cached codes.
 
 Data sets come back whole as uint8 tensors (N, C, H, W) with int64 labels: MNIST-sized sets fit in
 memory (and on a GPU), so training indexes random batches with no DataLoader workers.
 """
 import gzip
+import hashlib
 import os
 import struct
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +149,37 @@ def load_run(path, device="cpu", ema=True):
         net.to(device).eval()
     sde = VESDE(ckpt["args"]["sigma_min"], ckpt["args"]["sigma_max"])
     return nets.get("score_net"), nets.get("encoder"), sde, ckpt
+
+
+# ---- codes for the downstream stages: encoded in batches, cached per (checkpoint, t, images) ----
+
+@torch.no_grad()
+def encode_images(encoder, images, t, device, batch_size=500):
+    """Codes (N, D) float32 on `device` of uint8 images (N, C, H, W) at time t (None: no t)."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    codes = []
+    for x in images.split(batch_size):
+        x = x.to(device).float() / 255
+        tt = None if t is None else torch.full((len(x),), float(t), device=device)
+        with autocast:
+            codes.append(encoder(x, tt)[0].float())
+    return torch.cat(codes)
+
+
+def checkpoint_key(path):
+    """Names one version of a checkpoint file (path, mtime, size): a retrained run gets new codes."""
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
+
+
+def cached_codes(cache, key, make):
+    """make() once per key; later runs load the codes from cache/KEY_HASH.pt."""
+    path = cache / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    codes = make().cpu()
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(codes, tmp)
+    tmp.replace(path)
+    return codes

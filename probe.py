@@ -17,17 +17,15 @@ architecture. Writes OUT/probe.json (every number), OUT/probe.png (accuracy and 
 OUT/scatter_NAME.png for 2-D codes, and caches codes in OUT/cache (a second run only probes).
 """
 import argparse
-import hashlib
 import json
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import DataError, build_nets, load_dataset, load_run
+from data import DataError, build_nets, cached_codes, checkpoint_key, encode_images, load_dataset, load_run
 
 FEW_SHOTS = (1, 5, 10)
 
@@ -148,34 +146,6 @@ def silhouette(x, y):
     return torch.cat(scores).mean().item()
 
 
-# ---- codes: encoded in batches, cached per (checkpoint, t, images) ----
-
-@torch.no_grad()
-def encode_images(encoder, images, t, device, batch_size=500):
-    """Codes (N, D) float32 on `device` of uint8 images (N, C, H, W) at time t (None: no t)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    codes = []
-    for x in images.split(batch_size):
-        x = x.to(device).float() / 255
-        tt = None if t is None else torch.full((len(x),), float(t), device=device)
-        with autocast:
-            codes.append(encoder(x, tt)[0].float())
-    return torch.cat(codes)
-
-
-def cached_codes(cache, key, make):
-    """make() once per key; later runs load the codes from cache/KEY_HASH.pt."""
-    path = cache / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    codes = make().cpu()
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(codes, tmp)
-    tmp.replace(path)
-    return codes
-
-
 # ---- the stage ----
 
 def parse_args(argv=None):
@@ -253,11 +223,10 @@ def main(argv=None):
         name = Path(path).resolve().parent.name
         name = name if name not in names else f"{name}_{len(names)}"
         names.append(name)
-        stat = Path(path).stat()
         ts = args.ts if encoder.time_cond else [None]
         rows = []
         for t in ts:
-            key = f"{Path(path).resolve()}|{stat.st_mtime_ns}|{stat.st_size}|{t}|{subset}"
+            key = f"{checkpoint_key(path)}|{t}|{subset}"
             train = cached_codes(out / "cache", key + "|train", lambda: encode_images(encoder, images, t, device))
             test = cached_codes(out / "cache", key + "|test", lambda: encode_images(encoder, test_images, t, device))
             rows.append(dict(t=t, **probe_codes(args, train.to(device), y_train, test.to(device), y_test)))
