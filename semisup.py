@@ -1,0 +1,373 @@
+"""Semi-supervised classification, LaplaceNet-style, with the DRL encoder as pretraining (TMLR paper,
+Table 1; LaplaceNet: Sellars et al. 2021; label propagation: Iscen et al. 2019).
+
+    python semisup.py --ckpt runs/fmnist-drl/ckpt.pt --init drl --num-labeled 100 --epochs 20 --out ssl/drl-100
+    python semisup.py --ckpt runs/fmnist-drl/ckpt.pt --init random --num-labeled 100 --epochs 20 --out ssl/rand-100
+    python semisup.py --ckpt runs/fmnist-drl/ckpt.pt --init drl --num-labeled 100 --supervised-only ...
+
+The classifier is the encoder (its code, the mean for a probabilistic encoder) plus a batch-norm and
+linear head, fine-tuned whole. `--init drl` starts from the run's EMA encoder, `--init random` from
+fresh weights of the same architecture. A time-conditioned encoder E(x0, t) gets a learnable t =
+sigmoid(logit), initialised at --t-init; --check-t first tries t on a grid (a few supervised epochs on
+half the labelled images, scored on the other half) and starts from the best.
+
+A class-balanced labelled subset of --num-labeled images is drawn with --label-seed; every other
+training image is unlabelled. The loop:
+1. --warmup-epochs supervised epochs on the labelled images;
+2. then each epoch: (a) embed every training image, (b) build the k-NN graph of the L2-normalised codes,
+   (c) propagate the labels by solving (I - alpha S) Z = Y with conjugate gradients, S the
+   symmetrically normalised affinity matrix, (d) pseudo-label every unlabelled image with argmax Z,
+   weighted by its certainty 1 - H(z)/log C and by the inverse size of its pseudo-class, (e) train on
+   labelled + weighted pseudo-labelled batches, with mixup (alpha 1) under --mixup.
+--supervised-only skips 2(a-d) and trains on the labelled images alone for the same number of steps.
+SGD with Nesterov momentum 0.9, weight decay 5e-4, cosine learning rate; augmentation: random
+translation by up to 2 pixels (4 for 32x32) and horizontal flips (not for MNIST).
+
+Writes OUT/log.jsonl (test accuracy, and the pseudo-labels' accuracy, per epoch), OUT/result.json
+and OUT/classifier.pt (one dict, written atomically).
+"""
+import argparse
+import copy
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset, load_run, save_atomic
+from encoder import Encoder
+
+
+# ---- the graph and label propagation ----
+
+@torch.no_grad()
+def knn_graph(features, k, chunk=2048):
+    """The k nearest neighbours of every row of `features` (N, D) by cosine similarity, itself
+    excluded: (indices (N, k), similarities (N, k)). Chunked, so memory is O(chunk * N)."""
+    f = F.normalize(features.float(), dim=1)
+    idx, sim = [], []
+    for start in range(0, len(f), chunk):
+        s = f[start:start + chunk] @ f.T
+        rows = torch.arange(start, start + len(s), device=f.device)
+        s[torch.arange(len(s), device=f.device), rows] = -float("inf")
+        top = s.topk(k, dim=1)
+        idx.append(top.indices)
+        sim.append(top.values)
+    return torch.cat(idx), torch.cat(sim)
+
+
+def conjugate_gradient(matvec, b, iters=30, tol=1e-6):
+    """Solve A x = b for a symmetric positive definite A given as matvec, one system per column of b."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = (r * r).sum(0)
+    for _ in range(iters):
+        Ap = matvec(p)
+        step = rr / (p * Ap).sum(0).clamp(min=1e-30)
+        x = x + step * p
+        r = r - step * Ap
+        rr_new = (r * r).sum(0)
+        if (rr_new.sqrt() <= tol * b.norm(dim=0).clamp(min=1e-30)).all():
+            break
+        p = r + (rr_new / rr.clamp(min=1e-30)) * p
+        rr = rr_new
+    return x
+
+
+@torch.no_grad()
+def propagate_labels(features, labeled_idx, labels, n_classes, k=50, alpha=0.99, gamma=3.0, iters=30):
+    """Label propagation on the k-NN graph (Iscen et al. 2019): affinities w_ij = max(cos, 0)^gamma on
+    the k nearest neighbours, W = W + W^T, S = D^-1/2 W D^-1/2; solve (I - alpha S) Z = Y with Y the
+    labelled images' one-hot rows scaled by 1 / (class size). Returns (pseudo-labels (N,), certainty
+    weights 1 - H(z_i) / log C (N,)) for every point, the labelled ones included."""
+    N = len(features)
+    idx, sim = knn_graph(features, min(k, N - 1))
+    rows = torch.arange(N, device=idx.device).repeat_interleave(idx.shape[1])
+    w = sim.flatten().clamp(min=0) ** gamma
+    W = torch.sparse_coo_tensor(torch.stack([torch.cat([rows, idx.flatten()]), torch.cat([idx.flatten(), rows])]),
+                                torch.cat([w, w]), (N, N), check_invariants=True).coalesce()
+    d = torch.sparse.sum(W, 1).to_dense().clamp(min=1e-12).rsqrt()
+    Y = torch.zeros(N, n_classes, device=features.device)
+    Y[labeled_idx, labels] = 1.0 / torch.bincount(labels, minlength=n_classes).clamp(min=1)[labels].float()
+    matvec = lambda v: v - alpha * d[:, None] * torch.sparse.mm(W, d[:, None] * v)   # (I - alpha S) v
+    Z = conjugate_gradient(matvec, Y, iters).clamp(min=0)
+    p = Z / Z.sum(1, keepdim=True).clamp(min=1e-12)
+    entropy = -(p * p.clamp(min=1e-12).log()).sum(1)
+    return Z.argmax(1), 1 - entropy / math.log(n_classes)
+
+
+# ---- the classifier ----
+
+class Classifier(nn.Module):
+    """The encoder's code, batch-normalised, then a linear layer. A time-conditioned encoder reads a
+    learnable t = sigmoid(t_logit)."""
+
+    def __init__(self, encoder, n_classes, t_init=0.5):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.BatchNorm1d(encoder.latent_dim), nn.Linear(encoder.latent_dim, n_classes))
+        self.t_logit = nn.Parameter(torch.logit(torch.tensor(float(t_init)))) if encoder.time_cond else None
+
+    @property
+    def t(self):
+        return None if self.t_logit is None else torch.sigmoid(self.t_logit).item()
+
+    def features(self, x):
+        t = None if self.t_logit is None else torch.sigmoid(self.t_logit).expand(len(x))
+        return self.encoder(x, t)[0]
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+def augment(x, pad, flip):
+    """Random translation by up to `pad` pixels (reflect padding) and, if flip, horizontal flips."""
+    B, C, H, W = x.shape
+    xp = F.pad(x, (pad,) * 4, mode="reflect")
+    dy, dx = (torch.randint(0, 2 * pad + 1, (B,), device=x.device) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(H, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(W, device=x.device))[:, None, None, :]
+    x = xp[torch.arange(B, device=x.device)[:, None, None, None], torch.arange(C, device=x.device)[None, :, None, None],
+           rows, cols]
+    if flip:
+        x = torch.where(torch.rand(B, 1, 1, 1, device=x.device) < 0.5, x.flip(3), x)
+    return x
+
+
+@torch.no_grad()
+def predict(model, images, device, batch_size=1000, features=False):
+    """Logits (or codes) of uint8 images, in eval mode."""
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    out = []
+    for x in images.split(batch_size):
+        with autocast:
+            x = x.to(device).float() / 255
+            out.append((model.features(x) if features else model(x)).float())
+    model.train()
+    return torch.cat(out)
+
+
+def train_steps(model, opt, sched, draw, images, targets, weights, steps, args, device):
+    """`steps` SGD steps; draw() gives a batch's indices into (images, targets, weights). Mixup (alpha 1)
+    mixes images and their weighted losses if args.mixup."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    model.train()
+    for _ in range(steps):
+        i = draw()
+        x = augment(images[i].to(device).float() / 255, args.pad, args.flip)
+        y, w = targets[i].to(device), weights[i].to(device)
+        with autocast:
+            if args.mixup:
+                lam = torch.distributions.Beta(1.0, 1.0).sample().to(device)
+                j = torch.randperm(len(i), device=device)
+                logits = model(lam * x + (1 - lam) * x[j]).float()
+                loss = (lam * w * F.cross_entropy(logits, y, reduction="none")
+                        + (1 - lam) * w[j] * F.cross_entropy(logits, y[j], reduction="none")).mean()
+            else:
+                loss = (w * F.cross_entropy(model(x).float(), y, reduction="none")).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+
+
+def sampler(pool, n):
+    """draw() for train_steps: n random indices from `pool`, with replacement."""
+    return lambda: pool[torch.randint(0, len(pool), (n,), device=pool.device)]
+
+
+def make_optimizer(model, args, total_steps):
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    return opt, sched
+
+
+def balanced_subset(labels, n, seed):
+    """n indices, n / C per class (the first classes get one more where C does not divide n)."""
+    classes = labels.unique()
+    g = torch.Generator().manual_seed(seed)
+    per = [n // len(classes) + (c < n % len(classes)) for c in range(len(classes))]
+    picks = []
+    for c, k in zip(classes, per):
+        members = (labels == c).nonzero().squeeze(1)
+        if k > len(members):
+            raise DataError(f"--num-labeled {n} asks for {k} images of class {c.item()}, which has {len(members)}")
+        picks.append(members[torch.randperm(len(members), generator=g)[:k]])
+    return torch.cat(picks)
+
+
+# ---- the stage ----
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--ckpt", default=None, help="train_drl.py run: its encoder (--init drl) or architecture")
+    p.add_argument("--init", choices=["drl", "random"], default="drl")
+    p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's; needed without --ckpt")
+    p.add_argument("--ch", type=int, default=32, help="architecture without --ckpt")
+    p.add_argument("--latent-dim", type=int, default=128, help="architecture without --ckpt")
+    p.add_argument("--num-labeled", type=int, default=100)
+    p.add_argument("--label-seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=20, help="pseudo-labelling epochs, after the warm-up")
+    p.add_argument("--warmup-epochs", type=int, default=10, help="supervised epochs on the labelled images")
+    p.add_argument("--supervised-only", action="store_true", help="no pseudo-labels: the labelled images alone")
+    p.add_argument("--mixup", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--k", type=int, default=50, help="neighbours in the graph")
+    p.add_argument("--alpha", type=float, default=0.99)
+    p.add_argument("--cg-iters", type=int, default=30)
+    p.add_argument("--t-init", type=float, default=0.5, help="time-conditioned encoders: the starting t")
+    p.add_argument("--check-t", action="store_true", help="pick t_init from --t-grid first")
+    p.add_argument("--t-grid", default="0.1,0.3,0.5,0.7,0.9")
+    p.add_argument("--check-epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--labeled-batch", type=int, default=32, help="labelled images in each pseudo-label batch")
+    p.add_argument("--lr", type=float, default=0.03)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--max-train", type=int, default=None, help="use this many training images (random)")
+    p.add_argument("--max-test", type=int, default=None, help="use the first this many test images")
+    p.add_argument("--out", default="semisup")
+    p.add_argument("--data-dir", default=None, help="default: the run's --data-dir, else ./data")
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    args.t_grid = [float(t) for t in args.t_grid.split(",")]
+    if args.ckpt is None and (args.init == "drl" or args.dataset is None):
+        p.error("pass --ckpt RUN/ckpt.pt (or --init random --dataset NAME to build the default architecture)")
+    if not 0 < args.labeled_batch < args.batch_size:
+        p.error("--labeled-batch must be positive and smaller than --batch-size")
+    if not 0 < args.t_init < 1:
+        p.error("--t-init must lie in (0, 1)")
+    return args
+
+
+def build_encoder(args):
+    """(encoder, its constructor arguments, dataset, data_dir): the run's EMA encoder, or fresh weights
+    of its architecture (of --ch and --latent-dim without --ckpt)."""
+    if args.ckpt is None:
+        in_ch, size, _ = IMAGE_SHAPE[args.dataset]
+        config = dict(in_ch=in_ch, image_size=size, ch=args.ch, latent_dim=args.latent_dim)
+        return Encoder(**config), config, args.dataset, args.data_dir or "./data"
+    _, encoder, _, ckpt = load_run(args.ckpt, device="cpu")
+    if encoder is None:
+        raise DataError(f"{args.ckpt} is a plain score model with no encoder; pass a drl, vdrl (or baseline) run")
+    run, config = ckpt["args"], ckpt["config"]["encoder"]
+    if args.dataset and args.dataset != run["dataset"]:
+        raise DataError(f"{args.ckpt} was trained on {run['dataset']}, not {args.dataset}; drop --dataset")
+    if args.init == "random":
+        encoder = Encoder(**config)
+    return encoder, config, run["dataset"], args.data_dir or run["data_dir"]
+
+
+def check_t(base, images, labels, labeled, args, device):
+    """Train a copy from each t of the grid for a few supervised epochs on half the labelled images;
+    return the t whose copy is most accurate on the other half (ties: the earlier t)."""
+    g = torch.Generator().manual_seed(args.seed)
+    perm = labeled[torch.randperm(len(labeled), generator=g).to(labeled.device)]
+    fit, held = perm[: len(perm) // 2], perm[len(perm) // 2:]
+    steps = args.check_epochs * math.ceil(len(images) / args.batch_size)
+    scores = {}
+    for t in args.t_grid:
+        torch.manual_seed(args.seed)
+        model = copy.deepcopy(base).to(device)
+        with torch.no_grad():
+            model.t_logit.fill_(math.log(t / (1 - t)))
+        opt, sched = make_optimizer(model, args, steps)
+        train_steps(model, opt, sched, sampler(fit, args.batch_size), images, labels, torch.ones(len(images)),
+                    steps, args, device)
+        scores[t] = (predict(model, images[held], device).argmax(1) == labels[held].to(device)).float().mean().item()
+        print(f"check t={t:.2f}: held-out labelled accuracy {100 * scores[t]:.1f}", flush=True)
+    return max(args.t_grid, key=lambda t: scores[t]), scores
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    try:
+        encoder, encoder_config, dataset, data_dir = build_encoder(args)
+        images, labels = load_dataset(dataset, data_dir, train=True)
+        test_images, test_labels = load_dataset(dataset, data_dir, train=False)
+        if args.max_train and args.max_train < len(images):
+            keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
+            images, labels = images[keep], labels[keep]
+        test_images, test_labels = test_images[: args.max_test], test_labels[: args.max_test]
+        n_classes = int(labels.max()) + 1
+        labeled = balanced_subset(labels, args.num_labeled, args.label_seed)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
+    args.pad, args.flip = (4 if images.shape[-1] == 32 else 2), dataset != "mnist"
+    store = device if device.type == "cuda" else torch.device("cpu")   # where the training set lives
+    images, labels, labeled = images.to(store), labels.to(store), labeled.to(store)
+    is_unlabeled = torch.ones(len(images), dtype=torch.bool, device=store)
+    is_unlabeled[labeled] = False
+    unlabeled = is_unlabeled.nonzero().squeeze(1)
+
+    model = Classifier(encoder, n_classes, args.t_init)
+    t_scores = None
+    if args.check_t and model.t_logit is not None:
+        best_t, t_scores = check_t(model, images, labels, labeled, args, device)
+        with torch.no_grad():
+            model.t_logit.fill_(math.log(best_t / (1 - best_t)))
+    model.to(device)
+    steps_per_epoch = math.ceil(len(images) / args.batch_size)
+    opt, sched = make_optimizer(model, args, steps_per_epoch * (args.warmup_epochs + args.epochs))
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = (out / "log.jsonl").open("w")
+    print(f"{dataset}: {len(labeled)} labelled and {len(unlabeled)} unlabelled training images, {len(test_images)} "
+          f"test; init {args.init}, {'supervised only' if args.supervised_only else 'pseudo-labels'}, "
+          f"mixup {'on' if args.mixup else 'off'}, {steps_per_epoch} steps per epoch, {device}", flush=True)
+
+    def record(epoch, phase, t0, **extra):
+        acc = (predict(model, test_images, device).argmax(1).cpu() == test_labels).float().mean().item()
+        row = dict(epoch=epoch, phase=phase, test_acc=acc, t=model.t, seconds=time.perf_counter() - t0, **extra)
+        log_file.write(json.dumps(row) + "\n")
+        log_file.flush()
+        extra_txt = "".join(f"  {k.replace('_', ' ')} {100 * v:.1f}" for k, v in extra.items())
+        print(f"epoch {epoch:3d} {phase:>10}  test {100 * acc:5.2f}{extra_txt}"
+              f"{'' if model.t is None else f'  t {model.t:.3f}'}  ({row['seconds']:.0f} s)", flush=True)
+        return acc
+
+    ones = torch.ones(len(images), device=store)
+    supervised = sampler(labeled, args.batch_size)
+    acc = None
+    for epoch in range(1, args.warmup_epochs + args.epochs + 1):
+        t0 = time.perf_counter()
+        if epoch <= args.warmup_epochs or args.supervised_only:
+            train_steps(model, opt, sched, supervised, images, labels, ones, steps_per_epoch, args, device)
+            acc = record(epoch, "warm-up" if epoch <= args.warmup_epochs else "supervised", t0)
+            continue
+        features = predict(model, images, device, features=True)
+        pseudo, certainty = propagate_labels(features, labeled.to(device), labels[labeled].to(device), n_classes,
+                                             args.k, args.alpha, args.cg_iters)
+        pseudo, certainty = pseudo.to(store), certainty.to(store)
+        counts = torch.bincount(pseudo[unlabeled], minlength=n_classes).clamp(min=1).float()
+        weights = certainty * (len(unlabeled) / (n_classes * counts))[pseudo]    # certainty x class balance
+        targets = torch.where(is_unlabeled, pseudo, labels)
+        weights[labeled] = 1.0
+        pseudo_acc = (pseudo[unlabeled] == labels[unlabeled]).float().mean().item()
+        draw_l, draw_u = sampler(labeled, args.labeled_batch), sampler(unlabeled, args.batch_size - args.labeled_batch)
+        train_steps(model, opt, sched, lambda: torch.cat([draw_l(), draw_u()]), images, targets, weights,
+                    steps_per_epoch, args, device)
+        acc = record(epoch, "pseudo", t0, pseudo_label_acc=pseudo_acc)
+
+    result = dict(dataset=dataset, init=args.init, ckpt=args.ckpt, num_labeled=len(labeled),
+                  unlabeled=len(unlabeled), test_images=len(test_images), supervised_only=args.supervised_only,
+                  mixup=args.mixup, epochs=args.epochs, warmup_epochs=args.warmup_epochs, test_acc=acc,
+                  t=model.t, t_check=t_scores, steps=steps_per_epoch * (args.warmup_epochs + args.epochs),
+                  device=str(device), args=vars(args))
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    save_atomic(dict(kind="semisup_classifier", classifier=model.state_dict(), n_classes=n_classes,
+                     encoder_config=encoder_config, args=vars(args), test_acc=acc), out / "classifier.pt")
+    print(f"test accuracy {100 * acc:.2f}%  (wrote {out / 'result.json'}, {out / 'classifier.pt'})")
+    return result
+
+
+if __name__ == "__main__":
+    main()
