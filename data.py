@@ -80,10 +80,18 @@ def make_shapes(n, seed=0, size=28):
     return (img * 255).round().to(torch.uint8)[:, None], label, width.long()
 
 
+SHAPES_SPLITS = {True: (6000, 0), False: (1000, 1)}  # (images, seed) of the training and test sets
+
+
+def shapes_fine_factor(train=True):
+    """The stroke widths (N,) of `shapes` images, in load_dataset's order: the fine factor."""
+    return make_shapes(*SHAPES_SPLITS[train])[2]
+
+
 def load_dataset(name, data_dir="./data", train=True):
     """Return (images uint8 (N, C, H, W), labels int64 (N,)). Raises DataError with a one-line fix."""
     if name == "shapes":
-        images, labels, _ = make_shapes(6000 if train else 1000, seed=0 if train else 1)
+        images, labels, _ = make_shapes(*SHAPES_SPLITS[train])
         return images, labels
     if name in ("mnist", "fashion_mnist"):
         folders = idx_folders(name, data_dir)

@@ -11,7 +11,8 @@ training and test images (the mean, for a probabilistic encoder), and the frozen
 - mlp (--mlp): the follow-up paper's Linear(d, 512)-ReLU-Dropout(0.25)-Linear, Adam, weight decay 1e-5;
 - knn: majority vote of the k nearest training codes (euclidean, standardised);
 - few-shot: nearest class mean of 1, 5 and 10 labelled training codes per class, averaged over draws;
-- silhouette: of the test codes with respect to the class labels (euclidean, codes as they are).
+- silhouette: of the test codes with respect to the class labels (euclidean, codes as they are);
+  on `shapes` also with respect to the fine factor, the stroke width (silhouette_fine).
 Baselines computed here: raw pixels and a randomly initialised encoder of the first checkpoint's
 architecture. Writes OUT/probe.json (every number), OUT/probe.png (accuracy and silhouette vs t),
 OUT/scatter_NAME.png for 2-D codes, and caches codes in OUT/cache (a second run only probes).
@@ -25,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import DataError, build_nets, cached_codes, checkpoint_key, encode_images, load_dataset, load_run
+from data import (DataError, build_nets, cached_codes, checkpoint_key, encode_images, load_dataset, load_run,
+                  shapes_fine_factor)
 
 FEW_SHOTS = (1, 5, 10)
 
@@ -173,7 +175,7 @@ def parse_args(argv=None):
     return args
 
 
-def probe_codes(args, train, y_train, test, y_test):
+def probe_codes(args, train, y_train, test, y_test, fine=None):
     """Every probe on one set of codes: a dict of numbers."""
     t0 = time.perf_counter()
     row = {}
@@ -186,6 +188,8 @@ def probe_codes(args, train, y_train, test, y_test):
             train, y_train, test, y_test, shots, args.draws, args.seed)
     n = min(args.silhouette_n, len(test))
     row["silhouette"] = silhouette(test[:n], y_test[:n])
+    if fine is not None:
+        row["silhouette_fine"] = silhouette(test[:n], fine[:n])
     row["probe_seconds"] = time.perf_counter() - t0
     return row
 
@@ -214,6 +218,7 @@ def main(argv=None):
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
         images, y_train = images[keep], y_train[keep]
     test_images, y_test = test_images[: args.max_test], y_test[: args.max_test]
+    fine = shapes_fine_factor(train=False)[: args.max_test].to(device) if dataset == "shapes" else None
     y_train, y_test = y_train.to(device), y_test.to(device)
     subset = f"{dataset}|{len(images)}|{args.seed}|{len(test_images)}"
     torch.manual_seed(args.seed)
@@ -229,23 +234,23 @@ def main(argv=None):
             key = f"{checkpoint_key(path)}|{t}|{subset}"
             train = cached_codes(out / "cache", key + "|train", lambda: encode_images(encoder, images, t, device))
             test = cached_codes(out / "cache", key + "|test", lambda: encode_images(encoder, test_images, t, device))
-            rows.append(dict(t=t, **probe_codes(args, train.to(device), y_train, test.to(device), y_test)))
+            rows.append(dict(t=t, **probe_codes(args, train.to(device), y_train, test.to(device), y_test, fine)))
             print(f"{name:>24} t={'-' if t is None else f'{t:.2f}'}: " + fmt(rows[-1]), flush=True)
         results[name] = dict(ckpt=str(path), objective=ckpt["args"]["objective"], latent_dim=encoder.latent_dim,
                              time_cond=encoder.time_cond, step=ckpt["step"], per_t=rows)
         if encoder.latent_dim == 2:
-            scatter(out / f"scatter_{name}.png", encoder, test_images, y_test, ts, device, name)
+            scatter(out / f"scatter_{name}.png", encoder, test_images, y_test, ts, device, name, fine)
 
     if args.baselines:  # the same probes on raw pixels and on an untrained copy of the first encoder
         flat = lambda x: x.flatten(1).float().to(device) / 255
         results["raw_pixels"] = dict(per_t=[dict(t=None, **probe_codes(args, flat(images), y_train,
-                                                                        flat(test_images), y_test))])
+                                                                        flat(test_images), y_test, fine))])
         print(f"{'raw_pixels':>24} t=-: " + fmt(results["raw_pixels"]["per_t"][0]), flush=True)
         torch.manual_seed(args.seed)
         random_encoder = build_nets({"encoder": runs[0][2]["config"]["encoder"]})["encoder"].to(device).eval()
         t = 0.5 if random_encoder.time_cond else None
         rows = [dict(t=t, **probe_codes(args, encode_images(random_encoder, images, t, device), y_train,
-                                        encode_images(random_encoder, test_images, t, device), y_test))]
+                                        encode_images(random_encoder, test_images, t, device), y_test, fine))]
         results["random_encoder"] = dict(architecture_of=names[0], per_t=rows)
         print(f"{'random_encoder':>24} t=-: " + fmt(rows[0]), flush=True)
 
@@ -262,7 +267,8 @@ def fmt(row):
     mlp = f"  mlp {100 * row['mlp']:5.1f}" if "mlp" in row else ""
     shots = " ".join(f"{100 * row[f'few_shot_{k}']:5.1f}" for k in FEW_SHOTS)
     return (f"linear {100 * row['linear']:5.1f}{mlp}  knn {100 * row['knn']:5.1f}  "
-            f"few-shot 1/5/10 {shots}  silhouette {row['silhouette']:+.3f}")
+            f"few-shot 1/5/10 {shots}  silhouette {row['silhouette']:+.3f}"
+            + (f" (fine {row['silhouette_fine']:+.3f})" if "silhouette_fine" in row else ""))
 
 
 def plot(path, results, dataset):
@@ -286,18 +292,22 @@ def plot(path, results, dataset):
     plt.close(fig)
 
 
-def scatter(path, encoder, images, labels, ts, device, name, n=2000):
-    """2-D codes of n test images, one panel per t, coloured by class (paper Fig. 2/3)."""
+def scatter(path, encoder, images, labels, ts, device, name, fine=None, n=2000):
+    """2-D codes of n test images, one panel per t, coloured by class (paper Fig. 2/3); with a fine
+    factor, a second row coloured by it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(ts), figsize=(3 * len(ts), 3), squeeze=False)
-    for ax, t in zip(axes[0], ts):
+    colourings = [("class", labels, "tab10")] + ([("stroke width", fine, "viridis")] if fine is not None else [])
+    fig, axes = plt.subplots(len(colourings), len(ts), figsize=(3 * len(ts), 3 * len(colourings)), squeeze=False)
+    for col, t in enumerate(ts):
         z = encode_images(encoder, images[:n], t, device).cpu()
-        ax.scatter(z[:, 0], z[:, 1], c=labels[:n].cpu(), cmap="tab10", s=2)
-        ax.set_title(name if t is None else f"{name} t={t:g}", fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
+        for row, (what, colour, cmap) in enumerate(colourings):
+            ax = axes[row, col]
+            ax.scatter(z[:, 0], z[:, 1], c=colour[:n].cpu(), cmap=cmap, s=2)
+            ax.set_title(f"{name}{'' if t is None else f' t={t:g}'}: {what}", fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -106,3 +106,15 @@ def test_nt_xent_against_closed_form():
     assert torch.allclose(nt_xent(h, h, tau), torch.tensor(math.log(math.exp(1 / tau) + 2) - 1 / tau))
     # swapping the partners of the second view makes every positive a stranger: the loss grows
     assert nt_xent(h, h.flip(0), tau) > nt_xent(h, h, tau) + 1
+
+
+def test_shapes_fine_factor_matches_the_images():
+    from data import load_dataset, shapes_fine_factor
+    images, labels = load_dataset("shapes", train=False)
+    width = shapes_fine_factor(train=False)
+    assert width.shape == labels.shape and set(width.unique().tolist()) == {1, 2, 3}
+    ink = images.float().sum((1, 2, 3))
+    for shape in range(4):  # within a shape, wider strokes put more ink on the page
+        m = labels == shape
+        means = [ink[m & (width == w)].mean() for w in (1, 2, 3)]
+        assert means[0] < means[1] < means[2]

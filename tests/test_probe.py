@@ -75,6 +75,7 @@ def test_stage_end_to_end_and_cache(tmp_path, runs):
         for row in first[name]["per_t"]:
             assert 0 <= row["linear"] <= 1 and 0 <= row["knn"] <= 1 and -1 <= row["silhouette"] <= 1
             assert 0 <= row["few_shot_10"] <= 1 and 0 <= row["mlp"] <= 1
+            assert -1 <= row["silhouette_fine"] <= 1  # shapes: the stroke width, too
     saved = json.loads((tmp_path / "probe.json").read_text())
     assert saved["meta"]["train_images"] == 300 and saved["results"]["tc2"]["per_t"][1]["t"] == 1.0
     assert (tmp_path / "probe.png").stat().st_size > 0 and (tmp_path / "scatter_tc2.png").stat().st_size > 0
