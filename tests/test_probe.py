@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import probe
-import train_drl
 
 
 def blobs(n_per_class=100, classes=4, dim=8, spread=0.3, seed=0):
@@ -52,17 +51,8 @@ def test_silhouette_matches_hand_computed_example():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    tiny = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "8",
-            "--steps", "2", "--save-every", "2", "--log-every", "2", "--device", "cpu"]
-    made = {}
-    for name, extra in {"tc2": ["--objective", "drl", "--time-cond", "--latent-dim", "2"],
-                        "ae": ["--objective", "ae", "--latent-dim", "4"],
-                        "score": ["--objective", "score"]}.items():
-        train_drl.main(tiny + ["--out", str(root / name), *extra])
-        made[name] = str(root / name / "ckpt.pt")
-    return made
+def runs(tiny_run):
+    return {name: tiny_run(name) for name in ('tc2', 'ae', 'score')}
 
 
 def test_stage_end_to_end_and_cache(tmp_path, runs):

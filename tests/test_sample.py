@@ -5,7 +5,6 @@ import pytest
 import torch
 
 import sample
-import train_drl
 from sde import VESDE
 
 sde = VESDE(0.01, 50.0)
@@ -43,17 +42,8 @@ def test_sampler_is_deterministic_under_a_seed():
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    tiny = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "8",
-            "--steps", "2", "--save-every", "2", "--log-every", "2", "--device", "cpu"]
-    made = {}
-    for name, extra in {"vdrl2": ["--objective", "vdrl", "--latent-dim", "2"],
-                        "tc": ["--objective", "drl", "--time-cond", "--latent-dim", "4"],
-                        "score": ["--objective", "score"]}.items():
-        train_drl.main(tiny + ["--out", str(root / name), *extra])
-        made[name] = root / name / "ckpt.pt"
-    return made
+def runs(tiny_run):
+    return {name: tiny_run(name) for name in ('vdrl2', 'tc', 'score')}
 
 
 @pytest.mark.parametrize("mode,run", [("grid", "vdrl2"), ("recon", "tc"), ("prior", "vdrl2"), ("swap", "tc"),
@@ -98,10 +88,6 @@ def test_wrong_checkpoint_kind_is_one_line_error(tmp_path, runs, mode, run, msg)
     assert "\n" not in str(e.value)
 
 
-def test_baseline_without_score_net_is_one_line_error(tmp_path):
-    import train_drl
-    out = tmp_path / "ae"
-    train_drl.main(["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--steps", "1",
-                    "--eval-n", "8", "--device", "cpu", "--objective", "ae", "--out", str(out)])
+def test_baseline_without_score_net_is_one_line_error(tmp_path, tiny_run):
     with pytest.raises(SystemExit, match="no score net"):
-        sample.main(["--ckpt", str(out / "ckpt.pt"), "--mode", "recon", "--out", str(tmp_path), "--device", "cpu"])
+        sample.main(["--ckpt", tiny_run("ae"), "--mode", "recon", "--out", str(tmp_path), "--device", "cpu"])

@@ -6,7 +6,6 @@ import pytest
 import torch
 
 import semisup
-import train_drl
 
 
 def test_knn_graph_matches_brute_force():
@@ -52,19 +51,8 @@ def test_balanced_subset_and_augment():
     assert torch.equal(semisup.augment(x, pad=0, flip=False), x)        # no shift, no flip: the identity
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("runs")
-    tiny = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "8",
-            "--steps", "2", "--save-every", "2", "--log-every", "2", "--device", "cpu"]
-    for name, extra in {"tc": ["--objective", "drl", "--time-cond", "--latent-dim", "8"],
-                        "score": ["--objective", "score"]}.items():
-        train_drl.main(tiny + ["--out", str(root / name), *extra])
-    return root
-
-
-def test_stage_end_to_end(tmp_path, runs):
-    common = ["--ckpt", str(runs / "tc" / "ckpt.pt"), "--num-labeled", "20", "--epochs", "2", "--warmup-epochs", "1",
+def test_stage_end_to_end(tmp_path, tiny_run):
+    common = ["--ckpt", tiny_run("tc"), "--num-labeled", "20", "--epochs", "2", "--warmup-epochs", "1",
               "--max-train", "600", "--max-test", "200", "--device", "cpu", "--batch-size", "64"]
     result = semisup.main(common + ["--init", "drl", "--mixup", "--check-t", "--check-epochs", "1",
                                     "--out", str(tmp_path / "drl")])
@@ -79,4 +67,4 @@ def test_stage_end_to_end(tmp_path, runs):
     sup = semisup.main(common + ["--init", "random", "--supervised-only", "--out", str(tmp_path / "sup")])
     assert sup["supervised_only"] and sup["init"] == "random"
     with pytest.raises(SystemExit, match="no encoder"):
-        semisup.main(["--ckpt", str(runs / "score" / "ckpt.pt"), "--out", str(tmp_path / "x"), "--device", "cpu"])
+        semisup.main(["--ckpt", tiny_run("score"), "--out", str(tmp_path / "x"), "--device", "cpu"])

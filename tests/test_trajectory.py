@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-import train_drl
 import trajectory_clf as tc
 
 TS = [k / 10 for k in range(11)]
@@ -61,12 +60,8 @@ def test_mine_recovers_gaussian_mutual_information():
     assert abs(tc.mine(a, torch.randn(n, d, generator=g), steps=1000, lr=3e-3, hidden=64)) < 0.05
 
 
-def test_stage_end_to_end(tmp_path):
-    tiny = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "8",
-            "--steps", "2", "--save-every", "2", "--log-every", "2", "--device", "cpu"]
-    train_drl.main(tiny + ["--objective", "drl", "--time-cond", "--latent-dim", "4", "--out", str(tmp_path / "tc")])
-    train_drl.main(tiny + ["--objective", "drl", "--latent-dim", "4", "--out", str(tmp_path / "plain")])
-    args = ["--ckpt", str(tmp_path / "tc" / "ckpt.pt"), "--out", str(tmp_path / "traj"), "--points", "3",
+def test_stage_end_to_end(tmp_path, tiny_run):
+    args = ["--ckpt", tiny_run("tc"), "--out", str(tmp_path / "traj"), "--points", "3",
             "--epochs", "1", "--seeds", "2", "--lrs", "1e-3", "--max-train", "200", "--max-test", "100",
             "--device", "cpu", "--nmi", "--nmi-steps", "5", "--nmi-n", "100"]
     result = tc.main(args)
@@ -78,4 +73,4 @@ def test_stage_end_to_end(tmp_path):
         assert (tmp_path / "traj" / name).stat().st_size > 0
     assert len(list((tmp_path / "traj" / "cache").iterdir())) == 2 * 3  # train and test codes at 3 t
     with pytest.raises(SystemExit, match="no time-conditioned encoder"):
-        tc.main(["--ckpt", str(tmp_path / "plain" / "ckpt.pt"), "--out", str(tmp_path / "x"), "--device", "cpu"])
+        tc.main(["--ckpt", tiny_run("drl"), "--out", str(tmp_path / "x"), "--device", "cpu"])
