@@ -278,8 +278,8 @@ def check_t(base, images, labels, labeled, args, device):
         with torch.no_grad():
             model.t_logit.fill_(math.log(t / (1 - t)))
         opt, sched = make_optimizer(model, args, steps)
-        train_steps(model, opt, sched, sampler(fit, args.batch_size), images, labels, torch.ones(len(images)),
-                    steps, args, device)
+        ones = torch.ones(len(images), device=images.device)
+        train_steps(model, opt, sched, sampler(fit, args.batch_size), images, labels, ones, steps, args, device)
         scores[t] = (predict(model, images[held], device).argmax(1) == labels[held].to(device)).float().mean().item()
         print(f"check t={t:.2f}: held-out labelled accuracy {100 * scores[t]:.1f}", flush=True)
     return max(args.t_grid, key=lambda t: scores[t]), scores
