@@ -97,7 +97,8 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", required=True)
     p.add_argument("--mode", choices=["grid", "recon", "prior", "swap", "diversity", "uncond"], default="recon")
     p.add_argument("--out", default="samples")
-    p.add_argument("--n", type=int, default=8, help="images (recon, swap: source images; grid: per side)")
+    p.add_argument("--n", type=int, default=8,
+                   help="recon, swap: source images; diversity: samples; grid, prior, uncond: images per side")
     p.add_argument("--per-code", type=int, default=4, help="samples per code in recon mode")
     p.add_argument("--range", type=float, default=None,
                    help="grid: codes in [-R, R]^2 (default: where test images' codes lie, 2nd-98th percentile)")
