@@ -128,13 +128,13 @@ def make_model(name, dim, n_classes, ts):
 def evaluate(model, x, y, batch_size=1000):
     """Accuracy, and the transformer's mean attention over t (None for other models)."""
     model.eval()
-    correct, attention = 0, []
+    correct, attention = torch.zeros((), device=x.device), []
     for xb, yb in zip(x.split(batch_size), y.split(batch_size)):
-        correct += (model(xb).argmax(1) == yb).sum().item()
+        correct += (model(xb).argmax(1) == yb).sum()
         if isinstance(model, TrajectoryTransformer):
             attention.append(model.attention)
     model.train()
-    return correct / len(x), (torch.cat(attention).mean(0).tolist() if attention else None)
+    return correct.item() / len(x), (torch.cat(attention).mean(0).tolist() if attention else None)
 
 
 def train_model(name, data, ts, lr, seed, epochs, batch_size=256):
