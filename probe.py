@@ -229,17 +229,18 @@ def main(argv=None):
         name = name if name not in names else f"{name}_{len(names)}"
         names.append(name)
         ts = args.ts if encoder.time_cond else [None]
-        rows = []
+        rows, test_codes = [], {}
         for t in ts:
             key = f"{checkpoint_key(path)}|{t}|{subset}"
             train = cached_codes(out / "cache", key + "|train", lambda: encode_images(encoder, images, t, device))
-            test = cached_codes(out / "cache", key + "|test", lambda: encode_images(encoder, test_images, t, device))
+            test = test_codes[t] = cached_codes(out / "cache", key + "|test",
+                                                lambda: encode_images(encoder, test_images, t, device))
             rows.append(dict(t=t, **probe_codes(args, train.to(device), y_train, test.to(device), y_test, fine)))
             print(f"{name:>24} t={'-' if t is None else f'{t:.2f}'}: " + fmt(rows[-1]), flush=True)
         results[name] = dict(ckpt=str(path), objective=ckpt["args"]["objective"], latent_dim=encoder.latent_dim,
                              time_cond=encoder.time_cond, step=ckpt["step"], per_t=rows)
         if encoder.latent_dim == 2:
-            scatter(out / f"scatter_{name}.png", encoder, test_images, y_test, ts, device, name, fine)
+            scatter(out / f"scatter_{name}.png", test_codes, y_test, name, fine)
 
     if args.baselines:  # the same probes on raw pixels and on an untrained copy of the first encoder
         flat = lambda x: x.flatten(1).float().to(device) / 255
@@ -292,16 +293,17 @@ def plot(path, results, dataset):
     plt.close(fig)
 
 
-def scatter(path, encoder, images, labels, ts, device, name, fine=None, n=2000):
-    """2-D codes of n test images, one panel per t, coloured by class (paper Fig. 2/3); with a fine
-    factor, a second row coloured by it."""
+def scatter(path, codes_by_t, labels, name, fine=None, n=2000):
+    """The first n 2-D test codes, one panel per t (codes_by_t: t -> (N, 2)), coloured by class (paper
+    Fig. 2/3); with a fine factor, a second row coloured by it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colourings = [("class", labels, "tab10")] + ([("stroke width", fine, "viridis")] if fine is not None else [])
+    ts = list(codes_by_t)
     fig, axes = plt.subplots(len(colourings), len(ts), figsize=(3 * len(ts), 3 * len(colourings)), squeeze=False)
     for col, t in enumerate(ts):
-        z = encode_images(encoder, images[:n], t, device).cpu()
+        z = codes_by_t[t][:n].cpu()
         for row, (what, colour, cmap) in enumerate(colourings):
             ax = axes[row, col]
             ax.scatter(z[:, 0], z[:, 1], c=colour[:n].cpu(), cmap=cmap, s=2)
