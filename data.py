@@ -1,21 +1,14 @@
-"""What several stages share: the data sets, atomic checkpoint writes, the run loader, and cached codes.
+"""The data sets: every stage reads its images through `load_dataset`. Imports no network.
 
 Data sets come back whole as uint8 tensors (N, C, H, W) with int64 labels: MNIST-sized sets fit in
 memory (and on a GPU), so training indexes random batches with no DataLoader workers.
 """
 import gzip
-import hashlib
-import os
 import struct
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
-
-from encoder import Decoder, Encoder, Projector
-from sde import VESDE
-from unet import UNet
 
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "shapes")
 IMAGE_SHAPE = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "shapes": (1, 28, 28),
@@ -115,79 +108,3 @@ def load_dataset(name, data_dir="./data", train=True):
     images = torch.as_tensor(np.asarray(ds.data))
     images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)
     return images.contiguous(), torch.as_tensor(np.asarray(ds.targets)).long()
-
-
-# ---- checkpoints ----
-
-def save_atomic(obj, path):
-    """torch.save to a temporary file beside `path`, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-NETS = {"score_net": UNet, "encoder": Encoder, "decoder": Decoder, "projector": Projector}
-
-
-def build_nets(config):
-    """Rebuild the run's networks from the constructor arguments stored in its checkpoint: a dict
-    name -> module holding those of score_net, encoder, decoder, projector the run has."""
-    return {name: cls(**config[name]) for name, cls in NETS.items() if config.get(name)}
-
-
-def load_run(path, device="cpu", ema=True):
-    """Load a train_drl.py checkpoint: returns (score_net or None, encoder or None, sde, ckpt), networks
-    in eval mode on `device`, EMA weights unless ema=False (score_net is None for the AE, VAE and
-    SimCLR baselines). Raises DataError on a wrong or missing file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such checkpoint; train one with `python train_drl.py --out RUN`, "
-                        f"then pass RUN/ckpt.pt")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}); "
-                        f"pass a ckpt.pt written by train_drl.py") from None
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "drl_train":
-        raise DataError(f"{path}: not a train_drl.py checkpoint; pass RUN/ckpt.pt from train_drl.py")
-    nets = build_nets(ckpt["config"])
-    for name, net in nets.items():
-        net.load_state_dict(ckpt[("ema_" if ema else "") + name])
-        net.to(device).eval()
-    sde = VESDE(ckpt["args"]["sigma_min"], ckpt["args"]["sigma_max"])
-    return nets.get("score_net"), nets.get("encoder"), sde, ckpt
-
-
-# ---- codes for the downstream stages: encoded in batches, cached per (checkpoint, t, images) ----
-
-@torch.no_grad()
-def encode_images(encoder, images, t, device, batch_size=500):
-    """Codes (N, D) float32 on `device` of uint8 images (N, C, H, W) at time t (None: no t)."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    codes = []
-    for x in images.split(batch_size):
-        x = x.to(device).float() / 255
-        tt = None if t is None else torch.full((len(x),), float(t), device=device)
-        with autocast:
-            codes.append(encoder(x, tt)[0].float())
-    return torch.cat(codes)
-
-
-def checkpoint_key(path):
-    """Names one version of a checkpoint file (path, mtime, size): a retrained run gets new codes."""
-    stat = Path(path).stat()
-    return f"{Path(path).resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
-
-
-def cached_codes(cache, key, make):
-    """make() once per key; later runs load the codes from cache/KEY_HASH.pt."""
-    path = cache / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    codes = make().cpu()
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(codes, tmp)
-    tmp.replace(path)
-    return codes

@@ -26,54 +26,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import (DataError, build_nets, cached_codes, checkpoint_key, encode_images, load_dataset, load_run,
-                  shapes_fine_factor)
+from checkpoint import CheckpointError, build_nets, cached_codes, checkpoint_key, encode_images, load_run, run_name
+from data import DataError, load_dataset, shapes_fine_factor
+from linear_probe import accuracy, linear_probe, participation_ratio, standardise
+from runtime import exit_on, pick_device
 
 FEW_SHOTS = (1, 5, 10)
 
 
-# ---- probes: each takes codes (N, D) and int labels, returns a number ----
-
-def standardise(train, *others):
-    """Zero mean, unit variance per feature, with the training codes' statistics."""
-    mean, std = train.mean(0), train.std(0).clamp(min=1e-6)
-    return [(x - mean) / std for x in (train, *others)]
-
-
-def fit_logistic(x, y, n_classes, weight_decay, max_iter=100):
-    """Multinomial logistic regression: minimise cross-entropy + weight_decay / 2 * ||W||^2 by L-BFGS."""
-    layer = nn.Linear(x.shape[1], n_classes).to(x.device)
-    nn.init.zeros_(layer.weight)
-    nn.init.zeros_(layer.bias)
-    opt = torch.optim.LBFGS(layer.parameters(), lr=1, max_iter=max_iter, history_size=10,
-                            line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(layer(x), y) + 0.5 * weight_decay * layer.weight.square().sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return layer
-
-
-def accuracy(logits, y):
-    return (logits.argmax(1) == y).float().mean().item()
-
-
-def linear_probe(x_train, y_train, x_test, y_test, weight_decays=(0.0, 1e-4, 1e-3, 1e-2), seed=0):
-    """Test accuracy of a linear classifier on standardised codes; the weight decay is the one that
-    does best on a held-out 10% of the training codes. Returns (accuracy, weight decay)."""
-    n_classes = int(max(y_train.max(), y_test.max())) + 1
-    x_train, x_test = standardise(x_train, x_test)
-    perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed)).to(x_train.device)
-    held, fit = perm[: len(perm) // 10], perm[len(perm) // 10:]
-    best = max(weight_decays, key=lambda wd: accuracy(
-        fit_logistic(x_train[fit], y_train[fit], n_classes, wd)(x_train[held]), y_train[held]))
-    with torch.no_grad():
-        return accuracy(fit_logistic(x_train, y_train, n_classes, best)(x_test), y_test), best
-
+# ---- probes beyond the linear one (linear_probe.py): each takes codes (N, D) and int labels ----
 
 def mlp_probe(x_train, y_train, x_test, y_test, epochs=20, lr=1e-3, seed=0):
     """The follow-up paper's MLP probe: Linear(d, 512), ReLU, dropout 0.25, Linear; Adam, weight
@@ -169,7 +130,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        args.device = str(pick_device(args.device))
+    except ValueError as e:
+        p.error(str(e))
     args.ts = [float(t) for t in args.ts.split(",")]
     args.weight_decays = [float(w) for w in args.weight_decays.split(",")]
     return args
@@ -188,6 +152,7 @@ def probe_codes(args, train, y_train, test, y_test, fine=None):
             train, y_train, test, y_test, shots, args.draws, args.seed)
     n = min(args.silhouette_n, len(test))
     row["silhouette"] = silhouette(test[:n], y_test[:n])
+    row["participation_ratio"] = participation_ratio(test)
     if fine is not None:
         row["silhouette_fine"] = silhouette(test[:n], fine[:n])
     row["probe_seconds"] = time.perf_counter() - t0
@@ -199,21 +164,19 @@ def main(argv=None):
     device = torch.device(args.device)
     out = Path(args.out)
     runs = []
-    try:
+    with exit_on(DataError, CheckpointError):
         for path in args.ckpt:
             _, encoder, _, ckpt = load_run(path, device)
             if encoder is None:
-                raise DataError(f"{path} is a plain score model with no encoder; probe a drl, vdrl, ae, vae "
-                                f"or simclr_gauss run")
+                raise CheckpointError(f"{path} is a plain score model with no encoder; probe a drl, vdrl, ae, "
+                                      f"vae or simclr_gauss run")
             runs.append((path, encoder, ckpt))
         dataset = runs[0][2]["args"]["dataset"]
         if any(ckpt["args"]["dataset"] != dataset for _, _, ckpt in runs):
-            raise DataError(f"the checkpoints were trained on different data sets; probe one data set at a time")
+            raise CheckpointError("the checkpoints were trained on different data sets; probe one data set at a time")
         data_dir = args.data_dir or runs[0][2]["args"]["data_dir"]
         images, y_train = load_dataset(dataset, data_dir, train=True)
         test_images, y_test = load_dataset(dataset, data_dir, train=False)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
     if args.max_train and args.max_train < len(images):
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
         images, y_train = images[keep], y_train[keep]
@@ -225,8 +188,8 @@ def main(argv=None):
 
     results, names = {}, []
     for path, encoder, ckpt in runs:
-        name = Path(path).resolve().parent.name
-        name = name if name not in names else f"{name}_{len(names)}"
+        name = run_name(path)
+        name = name if name not in names else f"{name}_{len(names)}"  # the same file given twice
         names.append(name)
         ts = args.ts if encoder.time_cond else [None]
         rows, test_codes = [], {}
@@ -268,7 +231,7 @@ def fmt(row):
     mlp = f"  mlp {100 * row['mlp']:5.1f}" if "mlp" in row else ""
     shots = " ".join(f"{100 * row[f'few_shot_{k}']:5.1f}" for k in FEW_SHOTS)
     return (f"linear {100 * row['linear']:5.1f}{mlp}  knn {100 * row['knn']:5.1f}  "
-            f"few-shot 1/5/10 {shots}  silhouette {row['silhouette']:+.3f}"
+            f"few-shot 1/5/10 {shots}  silhouette {row['silhouette']:+.3f}  dim {row['participation_ratio']:.1f}"
             + (f" (fine {row['silhouette_fine']:+.3f})" if "silhouette_fine" in row else ""))
 
 

@@ -18,17 +18,15 @@ import argparse
 import json
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
 
-from data import DataError, load_dataset, load_run
-
-
-def _bc(v, x):
-    return v.reshape(-1, *([1] * (x.dim() - 1)))
+from checkpoint import CheckpointError, load_run
+from data import DataError, load_dataset
+from runtime import autocast, exit_on, pick_device
+from sde import _bc
 
 
 # ---- predictors: one step from t to t_next < t; each returns (x, x_mean) ----
@@ -41,10 +39,10 @@ def reverse_diffusion(sde, score_fn, x, t, t_next):
 
 
 def euler_maruyama(sde, score_fn, x, t, t_next):
-    """Euler-Maruyama step of dx = -g^2 score dt + g dw, backwards in time."""
-    g2dt = _bc(sde.g(t) ** 2 * (t - t_next), x)
-    x_mean = x + g2dt * score_fn(x, t)
-    return x_mean + g2dt.sqrt() * torch.randn_like(x), x_mean
+    """Euler-Maruyama step of dx = [f - g^2 score] dt + g dw (eq. 2), backwards in time by dt = t - t_next."""
+    dt = _bc(t - t_next, x)
+    x_mean = x - sde.reverse_drift(x, t, score_fn(x, t)) * dt
+    return x_mean + _bc(sde.g(t), x) * dt.sqrt() * torch.randn_like(x), x_mean
 
 
 def probability_flow(sde, score_fn, x, t, t_next):
@@ -115,7 +113,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        args.device = str(pick_device(args.device))
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
@@ -123,10 +124,8 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    try:
+    with exit_on(CheckpointError):
         score_net, encoder, sde, ckpt = load_run(args.ckpt, device, ema=args.ema)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
     run = ckpt["args"]
     if score_net is None:
         raise SystemExit(f"error: {args.ckpt} is a {run['objective']} baseline with no score net to sample "
@@ -140,7 +139,6 @@ def main(argv=None):
                 "uncond": "a plain score model (--objective score)"}.get(args.mode, "an encoder (--objective drl or vdrl)")
         raise SystemExit(f"error: --mode {args.mode} needs {what}; {args.ckpt} is a {run['objective']} run "
                          f"with latent_dim {latent}")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     shape = tuple(ckpt["config"]["score_net"][k] for k in ("in_ch", "image_size", "image_size"))
 
     def score_fn_for(z=None, x0=None):
@@ -150,16 +148,14 @@ def main(argv=None):
             z = encoder(x0)[0]
 
         def score_fn(x, t):
-            with autocast:
+            with autocast(device):
                 code = encoder(x0, t)[0] if x0 is not None and encoder.time_cond else z
                 return score_net(x, t, code).float()
         return score_fn
 
     def test_images(n, labels=False):
-        try:
+        with exit_on(DataError):
             images, y = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
-        except DataError as e:
-            raise SystemExit(f"error: {e}")
         x = images[:n].to(device).float() / 255
         return (x, y[:n].to(device)) if labels else x
 
@@ -173,7 +169,7 @@ def main(argv=None):
         if args.range is not None:
             lo, hi = torch.full((2,), -args.range, device=device), torch.full((2,), args.range, device=device)
         else:  # codes need not sit near N(0, I) (a KL weight of 1e-5 barely pulls them): span the data's
-            with torch.no_grad(), autocast:
+            with torch.no_grad(), autocast(device):
                 codes = torch.cat([encoder(x)[0].float() for x in test_images(2000).split(500)])
             lo, hi = codes.quantile(torch.tensor([0.02, 0.98], device=device), dim=0)
             info["range"] = [lo.tolist(), hi.tolist()]

@@ -48,11 +48,13 @@ class VESDE:
         """Drift of the reverse-time SDE, eq. 2: f - g^2 score, with f = 0 for the VE SDE."""
         return -_bc(self.g(t), x) ** 2 * score
 
-    def sample_t(self, n, mode="uniform", t_fixed=0.5, eps=1e-5, device=None):
+    def sample_t(self, n, mode="uniform", t_fixed=0.5, eps=1e-5, p_mean=-1.2, p_std=1.2, device=None):
         """Training times; the mode sets what the code encodes (granularity control, TMLR sec. 3.3).
 
-        uniform: t ~ U(eps, 1).  sigma: sigma(t) ~ U(sigma_min, sigma_max), which puts most
-        weight on high noise (class-level codes).  fixed: every t = t_fixed (single timescale).
+        uniform: t ~ U(eps, 1), i.e. log sigma uniform: every scale alike (the papers' default).
+        sigma: sigma(t) ~ U(sigma_min, sigma_max), which puts most weight on high noise (class-level
+        codes).  fixed: every t = t_fixed (single timescale).  lognormal: ln sigma ~ N(p_mean, p_std^2)
+        (EDM), clipped to [sigma_min, sigma_max]; its centre p_mean picks the scale the code favours.
         """
         if mode == "uniform":
             return eps + (1 - eps) * torch.rand(n, device=device)
@@ -61,7 +63,10 @@ class VESDE:
             return (torch.log(s / self.sigma_min) / self.log_ratio).clamp(min=eps)
         if mode == "fixed":
             return torch.full((n,), float(t_fixed), device=device)
-        raise ValueError(f"unknown t-sampling mode {mode!r}: use uniform, sigma or fixed")
+        if mode == "lognormal":
+            log_sigma = p_mean + p_std * torch.randn(n, device=device)
+            return ((log_sigma - math.log(self.sigma_min)) / self.log_ratio).clamp(eps, 1.0)
+        raise ValueError(f"unknown t-sampling mode {mode!r}: use uniform, sigma, fixed or lognormal")
 
 
 def _bc(v, x):
@@ -69,10 +74,19 @@ def _bc(v, x):
     return v.reshape(-1, *([1] * (x.dim() - 1)))
 
 
-def dsm_loss(score, noise, std):
+def dsm_loss(score, noise, std, weighting="paper", sigma_data=0.5):
     """Per-sample DRL/DSM loss, eq. 7 (TMLR): lambda(t) || s - grad log p_0t(x_t|x_0) ||^2, summed
-    over pixels. With lambda = std^2 and grad log p_0t = -noise / std this is ||std * s + noise||^2."""
-    return (_bc(std, score) * score.float() + noise).square().flatten(1).sum(1)
+    over pixels. With grad log p_0t = -noise / std:
+    - weighting "paper": lambda = std^2, so the loss is ||std * s + noise||^2. In units of the implied
+      denoised image D = x_t + std^2 s it is ||D - x_0||^2 / std^2: an x_0 error at std = 30 counts
+      1/900, so high noise, where the code must say what the image is, barely trains the encoder.
+    - weighting "edm" (Karras et al. 2022): lambda = std^2 (std^2 + sigma_data^2) / sigma_data^2, i.e.
+      (std^2 + sigma_data^2) / (std sigma_data)^2 ||D - x_0||^2: the paper's at small std, a constant
+      1 / sigma_data^2 per x_0 error at high std."""
+    per = (_bc(std, score) * score.float() + noise).square().flatten(1).sum(1)
+    if weighting == "edm":
+        per = per * (1 + std.square() / sigma_data ** 2)
+    return per
 
 
 def kl_to_standard_normal(mu, logvar):

@@ -31,14 +31,15 @@ import copy
 import json
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset, load_run, save_atomic
+from checkpoint import CheckpointError, load_run, save_atomic
+from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset
+from runtime import autocast, exit_on, pick_device
 from encoder import Encoder
 
 
@@ -143,10 +144,9 @@ def augment(x, pad, flip):
 def predict(model, images, device, batch_size=1000, features=False):
     """Logits (or codes) of uint8 images, in eval mode."""
     model.eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     out = []
     for x in images.split(batch_size):
-        with autocast:
+        with autocast(device):
             x = x.to(device).float() / 255
             out.append((model.features(x) if features else model(x)).float())
     model.train()
@@ -156,13 +156,12 @@ def predict(model, images, device, batch_size=1000, features=False):
 def train_steps(model, opt, sched, draw, images, targets, weights, steps, args, device):
     """`steps` SGD steps; draw() gives a batch's indices into (images, targets, weights). Mixup (alpha 1)
     mixes images and their weighted losses if args.mixup."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     model.train()
     for _ in range(steps):
         i = draw()
         x = augment(images[i].to(device).float() / 255, args.pad, args.flip)
         y, w = targets[i].to(device), weights[i].to(device)
-        with autocast:
+        with autocast(device):
             if args.mixup:
                 lam = torch.distributions.Beta(1.0, 1.0).sample().to(device)
                 j = torch.randperm(len(i), device=device)
@@ -235,7 +234,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        args.device = str(pick_device(args.device))
+    except ValueError as e:
+        p.error(str(e))
     args.t_grid = [float(t) for t in args.t_grid.split(",")]
     if args.ckpt is None and (args.init == "drl" or args.dataset is None):
         p.error("pass --ckpt RUN/ckpt.pt (or --init random --dataset NAME to build the default architecture)")
@@ -255,10 +257,10 @@ def build_encoder(args):
         return Encoder(**config), config, args.dataset, args.data_dir or "./data"
     _, encoder, _, ckpt = load_run(args.ckpt, device="cpu")
     if encoder is None:
-        raise DataError(f"{args.ckpt} is a plain score model with no encoder; pass a drl, vdrl (or baseline) run")
+        raise CheckpointError(f"{args.ckpt} is a plain score model with no encoder; pass a drl, vdrl (or baseline) run")
     run, config = ckpt["args"], ckpt["config"]["encoder"]
     if args.dataset and args.dataset != run["dataset"]:
-        raise DataError(f"{args.ckpt} was trained on {run['dataset']}, not {args.dataset}; drop --dataset")
+        raise CheckpointError(f"{args.ckpt} was trained on {run['dataset']}, not {args.dataset}; drop --dataset")
     if args.init == "random":
         encoder = Encoder(**config)
     return encoder, config, run["dataset"], args.data_dir or run["data_dir"]
@@ -290,7 +292,7 @@ def main(argv=None):
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     out = Path(args.out)
-    try:
+    with exit_on(DataError, CheckpointError):
         encoder, encoder_config, dataset, data_dir = build_encoder(args)
         images, labels = load_dataset(dataset, data_dir, train=True)
         test_images, test_labels = load_dataset(dataset, data_dir, train=False)
@@ -300,8 +302,6 @@ def main(argv=None):
         test_images, test_labels = test_images[: args.max_test], test_labels[: args.max_test]
         n_classes = int(labels.max()) + 1
         labeled = balanced_subset(labels, args.num_labeled, args.label_seed)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
     args.pad, args.flip = (4 if images.shape[-1] == 32 else 2), dataset != "mnist"
     store = device if device.type == "cuda" else torch.device("cpu")   # where the training set lives
     images, labels, labeled = images.to(store), labels.to(store), labeled.to(store)

@@ -6,22 +6,24 @@ baselines (Fig. 4) train the same encoder another way: `ae` (a decoder reconstru
 `vae` (the same with a probabilistic encoder and the ELBO's KL weight 1) and `simclr_gauss` (SimCLR's
 NT-Xent loss, where the only augmentation is additive Gaussian pixel noise).
 
-    python train_drl.py --dataset mnist                       # the paper's MNIST set-up (GPU-sized)
-    python train_drl.py --dataset fashion_mnist --preset cpu  # minutes on a laptop
-    python train_drl.py --dataset shapes --preset cpu --objective vdrl --latent-dim 2
+    python train_drl.py --dataset mnist --preset paper        # the paper's MNIST set-up (GPU-sized)
+    python train_drl.py --dataset fashion_mnist               # the laptop preset: 15 minutes on 2 cores
+    python train_drl.py --dataset shapes --objective vdrl --latent-dim 2
     python train_drl.py --dataset mnist --benchmark 50        # images/s of the training step
     torchrun --nproc_per_node 4 train_drl.py --dataset mnist  # DistributedDataParallel, same outputs
 
 Writes OUT/ckpt.pt (one dict, `torch.load(p, weights_only=True)`), OUT/config.json and
-OUT/stats.jsonl. Running the same command again resumes from OUT/ckpt.pt.
+OUT/stats.jsonl (with the EMA encoder's linear probe at each save, the probe curve). Running the
+same command again resumes from OUT/ckpt.pt; Ctrl-C saves first.
 """
 import argparse
 import copy
+import fcntl
 import json
 import math
 import os
+import signal
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -29,37 +31,51 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from data import DATASETS, IMAGE_SHAPE, DataError, build_nets, load_dataset, save_atomic
+from checkpoint import CheckpointError, build_nets, encode_images, read_checkpoint, save_atomic
+from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset
 from encoder import nt_xent, reparameterise
+from linear_probe import linear_probe, participation_ratio
+from runtime import autocast, exit_on, pick_device
 from sde import VESDE, dsm_loss, kl_to_standard_normal
 
-# Presets fill every flag the user does not pass. "paper" follows the papers (app. D, ICML
-# workshop: two resolutions 28x28x32, 14x14x64, two residual blocks, 80k steps; Adam 2e-4, 5k warm-up,
-# clip 1, EMA 0.999); "cpu" is a small model and budget that gives a useful result in minutes on CPU.
 OBJECTIVES = ("drl", "vdrl", "score", "ae", "vae", "simclr_gauss")
 DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
+# Presets fill every flag the user does not pass. "paper" follows the papers (app. D, ICML workshop:
+# 28x28x32 and 14x14x64, two residual blocks, 80k steps; Adam 2e-4, 5k warm-up, clip 1, EMA 0.999;
+# lambda = sigma^2, t uniform). "cpu" is what learned the best code in 15 minutes on a 2-core CPU
+# (README, "DRL in minutes"): a small net, EDM's preconditioning and weighting, a larger step.
 PRESETS = {
-    "paper": dict(ch=32, ch_mult=None, num_res_blocks=2, batch_size=128, steps=80_000, warmup=5000,
-                  log_every=100, save_every=5000, ema=0.999),
-    "cpu": dict(ch=16, ch_mult="1,2", num_res_blocks=1, batch_size=64, steps=3000, warmup=200,
-                log_every=50, save_every=500, ema=0.995),
+    "paper": dict(ch=32, ch_mult=None, num_res_blocks=2, batch_size=128, steps=80_000, warmup=5000, lr=2e-4,
+                  log_every=100, save_every=5000, ema=0.999, precond="paper", weighting="paper",
+                  t_sampling="uniform", latent_norm=False, probe_n=0),
+    "cpu": dict(ch=16, ch_mult="1,2", num_res_blocks=1, batch_size=64, steps=3000, warmup=200, lr=2e-4,
+                log_every=50, save_every=500, ema=0.995, precond="paper", weighting="paper",
+                t_sampling="uniform", latent_norm=False, probe_n=5000),
 }
+EVAL_SEED = 1234  # the eval loss uses the same t and noise at every save and in every run
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--preset", choices=PRESETS, default="paper")
+    p.add_argument("--preset", choices=PRESETS, default="cpu",
+                   help="cpu: minutes on a laptop (default); paper: the papers' set-up, sized for a GPU")
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
     p.add_argument("--data-dir", default="./data")
-    p.add_argument("--out", default=None, help="run folder (default runs/DATASET-OBJECTIVE)")
+    p.add_argument("--out", default=None, help="run folder (default runs/DATASET-OBJECTIVE[-tc])")
     p.add_argument("--objective", choices=OBJECTIVES, default="drl",
                    help="drl, vdrl, score (no encoder); baselines: ae, vae, simclr_gauss")
     p.add_argument("--time-cond", action=argparse.BooleanOptionalAction, default=False,
                    help="time-conditioned encoder E(x0, t), eq. 9")
     p.add_argument("--latent-dim", type=int, default=128)
-    p.add_argument("--t-sampling", choices=["uniform", "sigma", "fixed"], default="uniform")
+    p.add_argument("--latent-norm", action=argparse.BooleanOptionalAction,
+                   help="layer-normalise z before the score net's latent embedding")
+    p.add_argument("--precond", choices=["paper", "edm"], help="score = F / std (paper) or EDM's denoiser")
+    p.add_argument("--weighting", choices=["paper", "edm"], help="lambda = sigma^2 (paper) or EDM's")
+    p.add_argument("--t-sampling", choices=["uniform", "sigma", "fixed", "lognormal"])
     p.add_argument("--t-fixed", type=float, default=0.5)
     p.add_argument("--t-eps", type=float, default=1e-5)
+    p.add_argument("--p-mean", type=float, default=-1.2, help="lognormal: mean of ln sigma")
+    p.add_argument("--p-std", type=float, default=1.2, help="lognormal: std of ln sigma")
     p.add_argument("--l1", type=float, default=1e-5, help="L1 weight on z (drl)")
     p.add_argument("--kl", type=float, default=None, help="KL weight (default 1e-5 for vdrl, 1 for vae)")
     p.add_argument("--aug-std", type=float, default=0.3, help="simclr_gauss: std of the pixel noise of a view")
@@ -67,14 +83,17 @@ def parse_args(argv=None):
     p.add_argument("--sigma-min", type=float, default=0.01)
     p.add_argument("--sigma-max", type=float, default=50.0)
     p.add_argument("--ch", type=int)
+    p.add_argument("--enc-ch", type=int, default=None, help="encoder width (default --ch)")
     p.add_argument("--ch-mult", help="channel multipliers per resolution, e.g. 1,2,2 "
                                      "(default 1,2 for 28px, 1,2,2 for 32px)")
     p.add_argument("--num-res-blocks", type=int)
     p.add_argument("--attn-res", default="", help="resolutions with self-attention, e.g. 14")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--steps", type=int)
+    p.add_argument("--minutes", type=float, default=None,
+                   help="stop (and save) after this many minutes of training: equal wall-clock budgets")
     p.add_argument("--batch-size", type=int, help="global batch, split over the torchrun processes")
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--ema", type=float)
@@ -84,24 +103,59 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int)
     p.add_argument("--save-every", type=int)
+    p.add_argument("--save-minutes", type=float, default=10.0, help="also save after this many minutes")
     p.add_argument("--eval-n", type=int, default=1000, help="test images in the fixed-noise eval loss")
+    p.add_argument("--probe-n", type=int, help="at each save, linear-probe the EMA encoder on this many "
+                                               "training and test images (0: off)")
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps, print images/s, exit")
     preset = p.parse_known_args(argv)[0].preset
     p.set_defaults(**PRESETS[preset])
     args = p.parse_args(argv)
+    check_args(p, args)
     args.ch_mult = args.ch_mult or ("1,2" if IMAGE_SHAPE[args.dataset][1] == 28 else "1,2,2")
-    args.out = args.out or f"runs/{args.dataset}-{args.objective}"
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else
-                                  "mps" if torch.backends.mps.is_available() else "cpu")
+    args.enc_ch = args.enc_ch or args.ch
+    args.out = args.out or f"runs/{args.dataset}-{args.objective}" + ("-tc" if args.time_cond else "")
+    try:
+        args.device = str(pick_device(args.device))
+    except ValueError as e:
+        p.error(str(e))
     args.amp = args.amp or ("bf16" if args.device.startswith("cuda") else "off")
     args.kl = args.kl if args.kl is not None else (1.0 if args.objective == "vae" else 1e-5)
-    if args.time_cond and args.objective not in ("drl", "vdrl"):
-        p.error(f"--time-cond needs --objective drl or vdrl (a {args.objective} encoder has no t)")
     return args
 
 
-def net_config(args):
-    """Constructor arguments of both networks: stored in the checkpoint so no later stage repeats them."""
+def check_args(p, args):
+    """One argparse-style line for every value that would fail later, or train silently on nonsense."""
+    positive = ("latent_dim", "ch", "num_res_blocks", "steps", "batch_size", "log_every", "save_every", "eval_n",
+                "lr", "ema", "sigma_min", "sigma_max", "temperature", "p_std", "grad_clip", "save_minutes")
+    for name in positive:
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value > 0):
+            p.error(f"--{name.replace('_', '-')} must be a positive number, not {value}")
+    for name in ("warmup", "probe_n", "benchmark", "l1", "dropout", "aug_std"):
+        value = getattr(args, name)
+        if not (math.isfinite(value) and value >= 0):
+            p.error(f"--{name.replace('_', '-')} must be zero or positive, not {value}")
+    if args.kl is not None and not (math.isfinite(args.kl) and args.kl >= 0):
+        p.error(f"--kl must be zero or positive, not {args.kl}")
+    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
+        p.error(f"--minutes must be a positive number, not {args.minutes}")
+    if args.enc_ch is not None and args.enc_ch <= 0:
+        p.error(f"--enc-ch must be positive, not {args.enc_ch}")
+    if not args.ema < 1:
+        p.error(f"--ema must lie in (0, 1), not {args.ema}")
+    if not args.sigma_min < args.sigma_max:
+        p.error(f"--sigma-min ({args.sigma_min}) must be below --sigma-max ({args.sigma_max})")
+    if not 0 < args.t_fixed <= 1:
+        p.error(f"--t-fixed must lie in (0, 1] (t = 0 has no noise to remove), not {args.t_fixed}")
+    if not 0 < args.t_eps < 1:
+        p.error(f"--t-eps must lie in (0, 1), not {args.t_eps}")
+    if args.time_cond and args.objective not in ("drl", "vdrl"):
+        p.error(f"--time-cond needs --objective drl or vdrl (a {args.objective} encoder has no t)")
+
+
+def net_config(args, sigma_data):
+    """Constructor arguments of every network: stored in the checkpoint so no later stage repeats them."""
     in_ch, size, _ = IMAGE_SHAPE[args.dataset]
     arch = dict(in_ch=in_ch, image_size=size, ch=args.ch, num_res_blocks=args.num_res_blocks,
                 ch_mult=[int(m) for m in args.ch_mult.split(",")],
@@ -110,15 +164,263 @@ def net_config(args):
     latent = 0 if args.objective == "score" else args.latent_dim
     config = dict(score_net=None, encoder=None, decoder=None, projector=None)
     if args.objective in DIFFUSION:
-        config["score_net"] = dict(arch, latent_dim=latent, dropout=args.dropout)
+        config["score_net"] = dict(arch, latent_dim=latent, dropout=args.dropout, sigma_data=sigma_data,
+                                   precond=args.precond, latent_norm=args.latent_norm and latent > 0)
     if latent:
-        config["encoder"] = dict(arch, latent_dim=latent, probabilistic=args.objective in ("vdrl", "vae"),
-                                 time_cond=args.time_cond)
+        config["encoder"] = dict(arch, ch=args.enc_ch, latent_dim=latent,
+                                 probabilistic=args.objective in ("vdrl", "vae"), time_cond=args.time_cond)
     if args.objective in ("ae", "vae"):
         config["decoder"] = dict(in_ch=in_ch, image_size=size, ch=args.ch, ch_mult=arch["ch_mult"], latent_dim=latent)
     if args.objective == "simclr_gauss":
         config["projector"] = dict(latent_dim=latent)
     return config
+
+
+# ---- the objectives: each (networks, sde, x0, args) -> (loss, regulariser), batch means ----
+
+def diffusion_loss(nets, sde, x0, args):
+    """DSM loss of the score net given the encoder's code of the clean image: eq. 7 (drl), eq. 8
+    (vdrl), eq. 9 (time-conditioned encoder), eq. 4 (score: no encoder, no code)."""
+    t = sde.sample_t(len(x0), args.t_sampling, args.t_fixed, args.t_eps, args.p_mean, args.p_std, x0.device)
+    noise = torch.randn_like(x0)
+    std = sde.marginal_std(t)
+    z, mu, logvar = reparameterise(*nets["encoder"](x0, t)) if "encoder" in nets else (None,) * 3
+    score = nets["score_net"](sde.perturb(x0, t, noise), t, z)
+    loss = dsm_loss(score, noise, std, args.weighting, score_net_of(nets).sigma_data).mean()
+    return loss, code_regulariser(z, mu, logvar, args, loss.device)
+
+
+def autoencoder_loss(nets, sde, x0, args):
+    """ae, vae: x_0 from z alone; Bernoulli likelihood of the intensities in [0, 1] (+ KL for vae)."""
+    z, mu, logvar = reparameterise(*nets["encoder"](x0))
+    logits = nets["decoder"](z).float()
+    loss = F.binary_cross_entropy_with_logits(logits, x0, reduction="none").flatten(1).sum(1).mean()
+    return loss, code_regulariser(z, mu, logvar, args, loss.device)
+
+
+def simclr_gauss_loss(nets, sde, x0, args):
+    """SimCLR's NT-Xent on two views of each image that differ only by Gaussian pixel noise."""
+    views = x0.repeat(2, 1, 1, 1)
+    views = views + args.aug_std * torch.randn_like(views)
+    h = nets["projector"](nets["encoder"](views)[0])
+    return nt_xent(*h.chunk(2), args.temperature), torch.zeros((), device=x0.device)
+
+
+def code_regulariser(z, mu, logvar, args, device):
+    """KL to N(0, I) for a probabilistic code (eq. 8), the L1 penalty for drl's, else 0."""
+    if logvar is not None:
+        return args.kl * kl_to_standard_normal(mu, logvar).mean()
+    if z is not None and args.objective == "drl":
+        return args.l1 * z.float().abs().sum(1).mean()
+    return torch.zeros((), device=device)
+
+
+LOSSES = dict(drl=diffusion_loss, vdrl=diffusion_loss, score=diffusion_loss, ae=autoencoder_loss,
+              vae=autoencoder_loss, simclr_gauss=simclr_gauss_loss)
+
+
+def score_net_of(nets):
+    net = nets["score_net"]
+    return net.module if isinstance(net, DistributedDataParallel) else net
+
+
+# ---- the training state and its named pieces ----
+
+class Training:
+    """Networks, EMA copies, optimiser, data and RNG of one run, with the step, eval, probe and save."""
+
+    def __init__(self, args, device, rank=0, world=1):
+        self.args, self.device, self.rank, self.world = args, device, rank, world
+        self.batch = args.batch_size // world
+        self.ckpt_path = Path(args.out) / "ckpt.pt"
+        # data: the whole set as uint8 on the device; a random batch is one index op
+        images, labels = load_dataset(args.dataset, args.data_dir, train=True)
+        test_images, test_labels = load_dataset(args.dataset, args.data_dir, train=False)
+        sigma_data = (images[:10_000].float() / 255).std().item()  # EDM's sigma_data, measured
+        self.images = images.to(device)
+        self.eval_x0 = test_images[: args.eval_n].to(device).float() / 255
+        n = args.probe_n
+        self.probe_data = (images[:n], labels[:n].to(device), test_images[:n], test_labels[:n].to(device))
+        self.data_gen = torch.Generator(device=device).manual_seed(args.seed + rank)  # each process its batches
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        # networks, EMA copies, optimiser
+        self.config = net_config(args, round(sigma_data, 4))
+        self.nets = {k: m.to(device, memory_format=self.memory_format) for k, m in build_nets(self.config).items()}
+        # the modules the training forward calls: DDP-wrapped (its constructor broadcasts rank 0's weights)
+        self.train_nets = ({k: DistributedDataParallel(m) for k, m in self.nets.items()} if world > 1
+                           else dict(self.nets))
+        self.emas = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in self.nets.items()}
+        self.params = [p for m in self.nets.values() for p in m.parameters()]
+        self.opt = torch.optim.AdamW(self.params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                                     fused=device.type in ("cuda", "cpu"))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
+        self.sde = VESDE(args.sigma_min, args.sigma_max)
+        self.loss_fn = LOSSES[args.objective]
+        self.step, self.train_seconds = 0, 0.0
+
+    def next_batch(self):
+        idx = torch.randint(len(self.images), (self.batch,), device=self.device, generator=self.data_gen)
+        return (self.images[idx].float() / 255).contiguous(memory_format=self.memory_format)
+
+    def train_step(self, x0):
+        """One optimiser step and EMA update; returns the (loss, reg) tensors without a host sync."""
+        args = self.args
+        for group in self.opt.param_groups:
+            group["lr"] = args.lr * min(1.0, (self.step + 1) / max(1, args.warmup))
+        with autocast(self.device, args.amp):
+            loss, reg = self.loss_fn(self.train_nets, self.sde, x0, args)
+        self.scaler.scale(loss + reg).backward()
+        self.scaler.unscale_(self.opt)
+        torch.nn.utils.clip_grad_norm_(self.params, args.grad_clip)
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.opt.zero_grad(set_to_none=True)
+        # EMA with TensorFlow's warm-up (num_updates): early averages forget fast, so the EMA copy is
+        # not stuck near the random initialisation in a short run
+        decay = min(args.ema, (1 + self.step) / (10 + self.step))
+        for k, net in self.nets.items():
+            torch._foreach_lerp_(list(self.emas[k].parameters()), list(net.parameters()), 1 - decay)
+            for b_ema, b in zip(self.emas[k].buffers(), net.buffers()):
+                b_ema.copy_(b)
+        self.step += 1
+        return loss.detach(), reg.detach()
+
+    @torch.no_grad()
+    def eval_loss(self):
+        """The loss of the EMA nets on fixed test images, t and noise: comparable across runs."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), autocast(self.device, self.args.amp):
+            torch.manual_seed(EVAL_SEED)
+            total = sum(self.loss_fn(self.emas, self.sde, x0, self.args)[0].item() * len(x0)
+                        for x0 in self.eval_x0.split(250))
+        return total / len(self.eval_x0)
+
+    @torch.no_grad()
+    def probe(self):
+        """Linear probe and effective dimension (participation ratio) of the EMA encoder's code."""
+        images, labels, test_images, test_labels = self.probe_data
+        encoder = self.emas["encoder"]
+        t = 0.5 if encoder.time_cond else None
+        train = encode_images(encoder, images, t, self.device)
+        test = encode_images(encoder, test_images, t, self.device)
+        acc, _ = linear_probe(train, labels, test, test_labels)
+        return dict(probe_linear=acc, probe_pr=participation_ratio(test))
+
+    def weights_finite(self):
+        return all(torch.isfinite(p).all() for m in (*self.nets.values(), *self.emas.values())
+                   for p in m.parameters())
+
+    def save(self):
+        rng = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state()
+        state = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()} if m is not None else None
+        weights = {}
+        for k in self.config:  # every slot, None where this run has no such network
+            weights[k], weights["ema_" + k] = state(self.nets.get(k)), state(self.emas.get(k))
+        save_atomic(dict(kind="drl_train", version=2, step=self.step, train_seconds=self.train_seconds,
+                         args=vars(self.args), config=self.config, **weights, opt=self.opt.state_dict(),
+                         scaler=self.scaler.state_dict(), rng=rng), self.ckpt_path)
+
+    def resume(self):
+        """Continue from ckpt.pt: weights, optimiser, RNG and step, so the run goes on as if unbroken."""
+        ckpt = read_checkpoint(self.ckpt_path)
+        same = {k: (ckpt["args"].get(k), getattr(self.args, k)) for k in RESUME_MUST_MATCH}
+        differ = [f"--{k.replace('_', '-')} {new} (saved: {old})" for k, (old, new) in same.items() if old != new]
+        present = lambda c: {k: v for k, v in c.items() if v}  # runs saved before a net slot existed
+        if differ or present(ckpt.get("config", {})) != present(self.config):
+            what = ", ".join(differ) if differ else "the networks differ"
+            raise CheckpointError(f"{self.ckpt_path} holds another run ({what}); pass the flags it was trained "
+                                  f"with (see {self.ckpt_path.parent}/config.json) or another --out")
+        for k in self.nets:
+            self.nets[k].load_state_dict(ckpt[k])
+            self.emas[k].load_state_dict(ckpt["ema_" + k])
+        self.opt.load_state_dict(ckpt["opt"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.data_gen.set_state(ckpt["rng"]["data"])
+        if self.device.type == "cuda" and "cuda" in ckpt["rng"]:
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
+        self.step, self.train_seconds = ckpt["step"], ckpt.get("train_seconds", 0.0)
+        if self.world > 1:  # the saved RNG state is rank 0's: give each process its own stream, new per resume
+            seed = (self.args.seed * 1_000_003 + self.step) * 1009 + self.rank
+            torch.manual_seed(seed)
+            self.data_gen.manual_seed(seed)
+
+
+# flags that define what a run learns: resuming with another value would train a different run
+RESUME_MUST_MATCH = ("dataset", "objective", "t_sampling", "t_fixed", "p_mean", "p_std", "weighting", "precond",
+                     "latent_dim", "time_cond", "sigma_min", "sigma_max")
+
+
+def benchmark(tr, n_steps):
+    """Time n_steps training steps after 5 of warm-up (and compilation); print images/s and MFU."""
+    args, device = tr.args, tr.device
+    for _ in range(5):
+        tr.train_step(tr.next_batch())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(n_steps):
+        tr.train_step(tr.next_batch())
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    ips = n_steps * args.batch_size / (time.perf_counter() - t0)
+    flops = count_step_flops(lambda x0: tr.loss_fn(tr.train_nets, tr.sde, x0, args), tr.next_batch()) / tr.batch
+    n_params = sum(p.numel() for p in tr.params)
+    mem = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
+    peak = peak_bf16_flops(device)
+    mfu = f", MFU {flops * ips / tr.world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s bf16" if peak else ""
+    if tr.rank == 0:
+        print(f"benchmark: {args.objective} {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
+              f"{tr.world} process(es), amp {args.amp}, compile {args.compile}, {device}: {ips:.1f} images/s, "
+              f"{flops / 1e9:.3f} GFLOP/image, {flops * ips / 1e12:.3f} TFLOP/s{mfu}{mem}")
+
+
+class StopRequest:
+    """SIGINT/SIGTERM: the first asks the loop to save and exit after the current step; a second
+    Ctrl-C exits at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving after this step (Ctrl-C again to quit at once)", flush=True)
+
+    def restore(self):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+
+def lock_run_folder(out):
+    """Hold OUT/.lock for this process's life; a second run into the same folder is refused. The
+    operating system releases the lock when the process dies, so a killed run never leaves it stuck."""
+    out.mkdir(parents=True, exist_ok=True)
+    handle = open(out / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise CheckpointError(f"{out} is in use by another train_drl.py run; wait for it or pass another --out")
+    for stale in out.glob("ckpt.pt.*tmp"):  # left by a run killed while writing
+        stale.unlink()
+    return handle
+
+
+def write_row(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def drop_rows_after(path, step):
+    """stats.jsonl of a resumed run: rows past the checkpoint's step were lost with the run, drop them."""
+    if path.exists():
+        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
 
 
 def main(argv=None):
@@ -134,204 +436,132 @@ def main(argv=None):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if args.batch_size % world:
             raise SystemExit(f"error: --batch-size {args.batch_size} does not split over {world} processes")
-    batch = args.batch_size // world
     torch.manual_seed(args.seed + rank)  # different noise and t per process; DDP syncs the weights
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
     out = Path(args.out)
-    ckpt_path = out / "ckpt.pt"
-
-    # ---- data: whole data set as uint8 on the device; random batches are one index op ----
-    try:
-        images, _ = load_dataset(args.dataset, args.data_dir, train=True)
-        test_images, _ = load_dataset(args.dataset, args.data_dir, train=False)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
-    images = images.to(device)
-    eval_x0 = test_images[: args.eval_n].to(device).float() / 255
-    data_gen = torch.Generator(device=device).manual_seed(args.seed + rank)  # each process its own batches
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-
-    # ---- networks, EMA copies, optimizer ----
-    config = net_config(args)
-    nets = {k: m.to(device, memory_format=memory_format) for k, m in build_nets(config).items()}
-    # the modules the training forward calls: DDP-wrapped (its constructor broadcasts rank 0's weights)
-    train_nets = {k: DistributedDataParallel(m) for k, m in nets.items()} if world > 1 else dict(nets)
-    emas = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in nets.items()}
-    params = [p for m in nets.values() for p in m.parameters()]
-    fused = device.type in ("cuda", "cpu")
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=fused)
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
-    sde = VESDE(args.sigma_min, args.sigma_max)
-    n_params = sum(p.numel() for p in params)
-
-    step = 0
-    if ckpt_path.exists() and not args.benchmark:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        same_data = all(ckpt["args"].get(k) == getattr(args, k) for k in ("dataset", "t_sampling", "t_fixed"))
-        present = lambda c: {k: v for k, v in c.items() if v}  # runs saved before a net slot existed
-        if present(ckpt.get("config", {})) != present(config) or not same_data:
-            raise SystemExit(f"error: {ckpt_path} holds a run with other networks, objective or data; "
-                             f"pass the flags it was trained with (see {out}/config.json) or another --out")
-        for k in nets:
-            nets[k].load_state_dict(ckpt[k])
-            emas[k].load_state_dict(ckpt["ema_" + k])
-        opt.load_state_dict(ckpt["opt"])
-        scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        data_gen.set_state(ckpt["rng"]["data"])
-        if device.type == "cuda" and "cuda" in ckpt["rng"]:
-            torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
-        step = ckpt["step"]
-        if world > 1:  # the saved RNG state is rank 0's: give each process its own stream again
-            seed = (args.seed * 1_000_003 + step) * 1009 + rank
-            torch.manual_seed(seed)
-            data_gen.manual_seed(seed)
-        if rank == 0:
-            print(f"resuming {ckpt_path} from step {step}")
-        if step >= args.steps:
-            print(f"already trained to step {step} >= --steps {args.steps}: raise --steps to train on")
-            return finish(world, nets)
+    with exit_on(DataError, CheckpointError):
+        lock = lock_run_folder(out) if rank == 0 and not args.benchmark else None
+        tr = Training(args, device, rank, world)
+        if tr.ckpt_path.exists() and not args.benchmark:
+            tr.resume()
+            if rank == 0:
+                print(f"resuming {tr.ckpt_path} from step {tr.step} ({tr.train_seconds / 60:.1f} min trained)")
     if args.compile:  # in place: state_dict keys stay free of compile prefixes; EMA copies stay eager
-        for m in nets.values():
+        for m in tr.nets.values():
             m.compile()
-
-    def loss_terms(x0, m):
-        """The objective's loss and the code's regulariser, each averaged over the batch; m holds the
-        networks to use (the training ones, or the EMA copies for evaluation)."""
-        zero = torch.zeros((), device=device)
-        if args.objective in DIFFUSION:  # DSM loss, eq. 7 (drl), 8 (vdrl), 9 (time-conditioned)
-            t = sde.sample_t(x0.shape[0], args.t_sampling, args.t_fixed, args.t_eps, device)
-            noise = torch.randn_like(x0)
-            std = sde.marginal_std(t)
-            x_t = sde.perturb(x0, t, noise)
-            with autocast:
-                z, mu, logvar = reparameterise(*m["encoder"](x0, t)) if "encoder" in m else (None,) * 3
-                score = m["score_net"](x_t, t, z)
-            loss = dsm_loss(score, noise, std).mean()
-        elif args.objective == "simclr_gauss":  # two views of each image that differ only by pixel noise
-            views = x0.repeat(2, 1, 1, 1)
-            views = views + args.aug_std * torch.randn_like(views)
-            with autocast:
-                h = m["projector"](m["encoder"](views)[0])
-            return nt_xent(*h.chunk(2), args.temperature), zero
-        else:  # ae, vae: x_0 from z alone; Bernoulli likelihood of the intensities in [0, 1]
-            with autocast:
-                z, mu, logvar = reparameterise(*m["encoder"](x0))
-                logits = m["decoder"](z)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), x0, reduction="none").flatten(1).sum(1).mean()
-        if logvar is not None:
-            reg = args.kl * kl_to_standard_normal(mu, logvar).mean()
-        elif args.objective == "drl":
-            reg = args.l1 * z.float().abs().sum(1).mean()
-        else:
-            reg = zero
-        return loss, reg
-
-    def train_step(x0, step):
-        lr = args.lr * min(1.0, (step + 1) / max(1, args.warmup))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        loss, reg = loss_terms(x0, train_nets)
-        scaler.scale(loss + reg).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        decay = min(args.ema, (1 + step) / (10 + step))  # EMA warm-up: early averages forget fast
-        for k in nets:
-            torch._foreach_lerp_(list(emas[k].parameters()), list(nets[k].parameters()), 1 - decay)
-        return loss.detach(), reg.detach()
-
-    def next_batch():
-        idx = torch.randint(len(images), (batch,), device=device, generator=data_gen)
-        return (images[idx].float() / 255).contiguous(memory_format=memory_format)
-
-    @torch.no_grad()
-    def eval_loss():
-        """The loss of the EMA nets on fixed test images, t and noise: comparable across runs."""
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(1234)
-            total = sum(loss_terms(x0, emas)[0].item() * len(x0) for x0 in eval_x0.split(250))
-        return total / len(eval_x0)
-
+    for m in tr.nets.values():
+        m.train()
     if args.benchmark:
-        for m in nets.values():
-            m.train()
-        for _ in range(5):  # warm-up (and compilation)
-            train_step(next_batch(), 10**6)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        t0 = time.perf_counter()
-        for _ in range(args.benchmark):
-            train_step(next_batch(), 10**6)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        flops = count_step_flops(lambda x0: loss_terms(x0, train_nets), next_batch()) / batch  # per image
-        ips = args.benchmark * args.batch_size / dt
-        mem = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
-        peak = peak_bf16_flops(device)
-        mfu = f", MFU {flops * ips / world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s bf16" if peak else ""
-        if rank == 0:
-            print(f"benchmark: {args.objective} {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
-                  f"{world} process(es), amp {args.amp}, compile {args.compile}, {device}: {ips:.1f} images/s, "
-                  f"{flops / 1e9:.3f} GFLOP/image, {flops * ips / 1e12:.3f} TFLOP/s{mfu}{mem}")
-        return finish(world, nets)
-
+        benchmark(tr, args.benchmark)
+        return finish(world, tr.nets)
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dict(args=vars(args), nets=config), indent=2))
+        (out / "config.json").write_text(json.dumps(dict(args=vars(args), nets=tr.config), indent=2))
+        drop_rows_after(out / "stats.jsonl", tr.step)
+    train(tr, out)
+    if lock is not None:
+        lock.close()
+    return finish(world, tr.nets)
 
-    def save(step):
-        rng = {"torch": torch.get_rng_state(), "data": data_gen.get_state()}
-        if device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state()
-        state = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()} if m is not None else None
-        weights = {}
-        for k in config:  # every slot, None where this run has no such network
-            weights[k], weights["ema_" + k] = state(nets.get(k)), state(emas.get(k))
-        save_atomic(dict(kind="drl_train", version=1, step=step, args=vars(args), config=config, **weights,
-                         opt=opt.state_dict(), scaler=scaler.state_dict(), rng=rng), ckpt_path)
 
+def train(tr, out):
+    """The loop: steps until --steps or --minutes; a log line by step count or every 30 s, with an
+    ETA; a checked save (and probe) every --save-every steps, every --save-minutes and at the end."""
+    args, rank = tr.args, tr.rank
+    budget = args.minutes * 60 if args.minutes else math.inf
+    n_params = sum(p.numel() for p in tr.params)
     if rank == 0:
         print(f"{args.objective} on {args.dataset}: {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
-              f"{args.steps} steps, {world} process(es), {device}, amp {args.amp}, out {out}")
-    for m in nets.values():
-        m.train()
-    sum_loss, sum_reg, n_sum, t0, last_saved = 0.0, 0.0, 0, time.perf_counter(), step
-    while step < args.steps:
-        loss, reg = train_step(next_batch(), step)
-        sum_loss, sum_reg, n_sum, step = sum_loss + loss, sum_reg + reg, n_sum + 1, step + 1
-        at_save = step % args.save_every == 0 or step == args.steps
-        if step % args.log_every == 0 or at_save:
+              f"{args.steps} steps" + (f" or {args.minutes:g} min" if args.minutes else "")
+              + f", {tr.world} process(es), {tr.device}, amp {args.amp}, out {out}", flush=True)
+    stop = StopRequest()
+    last_saved = tr.step if tr.ckpt_path.exists() else None
+    last_save_time = last_log = time.time()
+    sum_loss, sum_reg, n_sum, t0 = 0.0, 0.0, 0, time.perf_counter()
+    out_of_time, warned = tr.train_seconds >= budget, False
+    try:
+        while tr.step < args.steps and not out_of_time:
+            loss, reg = tr.train_step(tr.next_batch())
+            sum_loss, sum_reg, n_sum = sum_loss + loss, sum_reg + reg, n_sum + 1
+            # Time-based decisions (log every 30 s, save every --save-minutes, the --minutes budget) are
+            # rank 0's clock, shared so that every DDP process takes the same branch; checked every 10
+            # steps under DDP (a broadcast), every step otherwise (free).
+            elapsed = tr.train_seconds + time.perf_counter() - t0
+            now, check_time = time.time(), tr.world == 1 or tr.step % 10 == 0
+            out_of_time = check_time and world_agrees(tr, elapsed >= budget)
+            save_time = check_time and world_agrees(tr, now - last_save_time > 60 * args.save_minutes)
+            log_time = check_time and world_agrees(tr, now - last_log > 30)
+            at_save = (tr.step % args.save_every == 0 or tr.step >= args.steps or stop.requested
+                       or out_of_time or save_time)
+            if not (at_save or log_time or tr.step % args.log_every == 0):
+                continue
             sums = torch.stack([sum_loss, sum_reg]) / n_sum
-            if world > 1:
+            if tr.world > 1:
                 dist.all_reduce(sums)  # every process sees the same loss, so all stop together on a NaN
-                sums /= world
+                sums /= tr.world
             loss, reg = sums.tolist()  # the one host sync per interval
+            tr.train_seconds += time.perf_counter() - t0
+            ips = n_sum * args.batch_size / (time.perf_counter() - t0)
             if not math.isfinite(loss):
-                raise SystemExit(f"error: the loss became {loss} between steps {step - n_sum} and {step}; "
-                                 f"{ckpt_path} (step {last_saved}) is left intact: lower --lr or use --amp off")
-            images_per_s = n_sum * args.batch_size / (time.perf_counter() - t0)
+                raise SystemExit(nan_message(loss, tr, n_sum, last_saved))
+            row = dict(step=tr.step, loss=loss, reg=reg, lr=tr.opt.param_groups[0]["lr"], images_per_s=ips,
+                       minutes=tr.train_seconds / 60)
+            if rank == 0 and at_save:
+                row["eval_loss"] = tr.eval_loss()
+                if not (math.isfinite(row["eval_loss"]) and tr.weights_finite()):
+                    raise SystemExit(nan_message(row["eval_loss"], tr, n_sum, last_saved, where="weights"))
+                tr.save()
+                last_saved, last_save_time = tr.step, time.time()
+                if args.probe_n and "encoder" in tr.emas:
+                    row.update(tr.probe())
             if rank == 0:
-                row = dict(step=step, loss=loss, reg=reg, lr=opt.param_groups[0]["lr"], images_per_s=images_per_s)
-                if at_save:
-                    row["eval_loss"] = eval_loss()
-                    save(step)
-                    last_saved = step
-                mem = f"  mem {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
-                ev = f"  eval {row['eval_loss']:.2f}" if at_save else ""
-                print(f"step {step:>7}  loss {loss:9.3f}  reg {reg:.2e}{ev}  {images_per_s:7.1f} img/s{mem}")
-                with open(out / "stats.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-            sum_loss, sum_reg, n_sum, t0 = 0.0, 0.0, 0, time.perf_counter()
-    return finish(world, nets)
+                print(log_line(row, tr, budget), flush=True)
+                write_row(out / "stats.jsonl", row)
+                if not warned and tr.device.type == "cpu" and eta_seconds(tr, budget) > 2 * 3600:
+                    warned = True
+                    print(f"note: this run needs about {eta_seconds(tr, budget) / 3600:.0f} hours on this CPU; "
+                          f"--preset cpu trains in 15 minutes, or cap any run with --minutes M", flush=True)
+            sum_loss, sum_reg, n_sum, t0, last_log = 0.0, 0.0, 0, time.perf_counter(), time.time()
+            if stop.requested:
+                if rank == 0:
+                    print(f"stopped at step {tr.step}; {tr.ckpt_path} is saved: run the same command to resume")
+                break
+    finally:
+        stop.restore()
+    if rank == 0 and not stop.requested:
+        print(f"done: step {tr.step}, {tr.train_seconds / 60:.1f} min of training; {tr.ckpt_path}")
+
+
+def world_agrees(tr, flag):
+    """A time-based decision taken by rank 0 and shared, so that every DDP process acts on it alike."""
+    if tr.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=tr.device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def eta_seconds(tr, budget):
+    per_step = tr.train_seconds / max(1, tr.step)
+    return min(budget, (tr.args.steps - tr.step) * per_step + tr.train_seconds) - tr.train_seconds
+
+
+def log_line(row, tr, budget):
+    eta = eta_seconds(tr, budget)
+    ev = f"  eval {row['eval_loss']:.2f}" if "eval_loss" in row else ""
+    pr = (f"  probe {100 * row['probe_linear']:.1f}% (dim {row['probe_pr']:.1f})" if "probe_linear" in row else "")
+    mem = f"  mem {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if tr.device.type == "cuda" else ""
+    return (f"step {row['step']:>7}  loss {row['loss']:9.3f}  reg {row['reg']:.2e}{ev}{pr}  "
+            f"{row['images_per_s']:7.1f} img/s  {row['minutes']:.1f} min  ETA {eta / 60:.1f} min{mem}")
+
+
+def nan_message(value, tr, n_sum, last_saved, where="loss"):
+    kept = (f"{tr.ckpt_path} (step {last_saved}) is left intact" if last_saved is not None
+            else "no checkpoint was written")
+    what = "the loss became" if where == "loss" else "the weights or the eval loss became"
+    return (f"error: {what} {value} between steps {tr.step - n_sum} and {tr.step}; {kept}: "
+            f"lower --lr or use --amp off")
 
 
 def finish(world, nets):
@@ -352,11 +582,11 @@ def peak_bf16_flops(device):
     return None
 
 
-def count_step_flops(loss_terms, x0):
+def count_step_flops(loss_fn, x0):
     """FLOPs of one training step's forward and backward, counted by torch.utils.flop_counter."""
     from torch.utils.flop_counter import FlopCounterMode
     with FlopCounterMode(display=False) as counter:
-        loss, reg = loss_terms(x0)
+        loss, reg = loss_fn(x0)
         (loss + reg).backward()
     return counter.get_total_flops()
 

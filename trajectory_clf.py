@@ -34,7 +34,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from data import DataError, cached_codes, checkpoint_key, encode_images, load_dataset, load_run
+from checkpoint import CheckpointError, cached_codes, checkpoint_key, encode_images, load_run
+from data import DataError, load_dataset
+from runtime import exit_on, pick_device
 
 
 # ---- the downstream models: each maps a trajectory batch (B, K, D) to class logits ----
@@ -256,7 +258,10 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0, help="picks the --max-train subset and the validation split")
     args = p.parse_args(argv)
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        args.device = str(pick_device(args.device))
+    except ValueError as e:
+        p.error(str(e))
     args.lrs = [float(v) for v in args.lrs.split(",")]
     if args.points < 2:
         p.error("--points must be at least 2")
@@ -267,16 +272,14 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
     out = Path(args.out)
-    try:
+    with exit_on(DataError, CheckpointError):
         _, encoder, _, ckpt = load_run(args.ckpt, device)
         if encoder is None or not encoder.time_cond:
-            raise DataError(f"{args.ckpt} has no time-conditioned encoder, so every t gives the same code; "
+            raise CheckpointError(f"{args.ckpt} has no time-conditioned encoder, so every t gives the same code; "
                             f"train one with `python train_drl.py --objective drl --time-cond`")
         run = ckpt["args"]
         images, y_train = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=True)
         test_images, y_test = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
     images, y_train = images[perm], y_train[perm]
     test_images, y_test = test_images[: args.max_test], y_test[: args.max_test]

@@ -6,9 +6,16 @@ the time embedding (Gaussian Fourier features of log sigma(t), then an MLP) plus
 embedding of the code z. Adding the two is how the paper joins them ("given as input to the model
 in the same way as the time embedding"). With latent_dim = 0 the net is a plain score model.
 
-The output is divided by the kernel's std, so the net predicts -noise and the score is right at
-every noise level; the input is scaled by 1 / sqrt(sigma_data^2 + std^2) (EDM's c_in) so every
-layer sees unit-scale activations from sigma = 0.01 to 50.
+The input is scaled by c_in = 1 / sqrt(sigma_data^2 + std^2) (EDM) so every layer sees unit-scale
+activations from sigma = 0.01 to 50. The network F's output becomes a score in one of two ways
+(`precond`), both exact for the VE SDE, so the sampler and every stage read either through the score:
+- "paper": score = F / std, i.e. F predicts -noise (the papers' and score_sde's parametrisation).
+  An error of F is an x_0 error of std * F: at high noise the x_0 estimate is poor.
+- "edm": the denoiser D = c_skip x + c_out F with c_skip = sigma_data^2 / (std^2 + sigma_data^2),
+  c_out = std sigma_data / sqrt(std^2 + sigma_data^2) (Karras et al. 2022), score = (D - x) / std^2.
+  F's target has unit variance at every std, and at high noise D is F read as an image.
+With latent_norm, z is layer-normalised (no affine) before its embedding: the score net sees every
+code at one scale, whatever the encoder's output scale (a measured lever, beyond the papers).
 """
 import math
 
@@ -127,9 +134,13 @@ def down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size, cond_dim
 class UNet(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  dropout=0.0, latent_dim=0, sigma_min=0.01, sigma_max=50.0, sigma_data=0.5,
-                 fourier_scale=16.0):
+                 fourier_scale=16.0, precond="paper", latent_norm=False):
         super().__init__()
+        if precond not in ("paper", "edm"):
+            raise ValueError(f"unknown precond {precond!r}: use paper or edm")
         self.sde, self.sigma_data, self.latent_dim = VESDE(sigma_min, sigma_max), sigma_data, latent_dim
+        self.precond = precond
+        self.latent_norm = nn.LayerNorm(latent_dim, elementwise_affine=False) if latent_dim and latent_norm else None
         emb = 4 * ch
         self.time_embed = TimeEmbedding(emb, self.sde, fourier_scale)
         self.latent_embed = (nn.Sequential(nn.Linear(latent_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
@@ -157,9 +168,10 @@ class UNet(nn.Module):
         if self.latent_embed is not None:
             if z is None:
                 raise ValueError("this score net was built with latent_dim > 0: pass the code z")
-            cond = cond + self.latent_embed(z)
+            cond = cond + self.latent_embed(z if self.latent_norm is None else self.latent_norm(z))
         std = self.sde.marginal_std(t.float())[:, None, None, None]
-        h = x * torch.rsqrt(self.sigma_data ** 2 + std ** 2)
+        var = self.sigma_data ** 2 + std ** 2
+        h = x * torch.rsqrt(var)  # c_in
         hs = []
         for block in self.down:
             h = block(h) if isinstance(block, nn.Conv2d) else block(h, cond)
@@ -176,4 +188,8 @@ class UNet(nn.Module):
                 h = block(h, hs[-1].shape[-2:])
             else:
                 h = block(h, cond)
-        return self.out(h).float() / std
+        f = self.out(h).float()
+        if self.precond == "paper":
+            return f / std
+        # (D - x) / std^2 with D = c_skip x + c_out F, written so that no large terms cancel
+        return self.sigma_data * f * torch.rsqrt(var) / std - x.float() / var

@@ -13,7 +13,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from data import DataError, load_dataset, load_run  # noqa: E402
+from checkpoint import CheckpointError, load_run  # noqa: E402
+from data import DataError, load_dataset  # noqa: E402
+from runtime import exit_on  # noqa: E402
 from sde import dsm_loss  # noqa: E402
 
 
@@ -42,15 +44,13 @@ def main():
     args = p.parse_args()
     ts = [round(0.05 * i, 2) for i in range(1, 21)]
     table = {}
-    try:
+    with exit_on(DataError, CheckpointError):
         for path in args.ckpts:
             score_net, encoder, sde, ckpt = load_run(path, args.device)
             run = ckpt["args"]
             images, _ = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
             x0 = images[: args.n].to(args.device).float() / 255
             table[path] = loss_by_t(score_net, encoder, sde, x0, ts)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
     names = [Path(c).parent.name for c in args.ckpts]
     print(f"{'t':>5} {'sigma':>7} " + " ".join(f"{n:>20}" for n in names))
     for i, t in enumerate(ts):

@@ -65,8 +65,9 @@ def test_nn_eval_reports_both_pairings(tmp_path, runs):
 
 
 def test_grid_spans_the_codes_unless_given_a_range(tmp_path, runs):
+    import checkpoint
     import data
-    score_net, encoder, sde, ckpt = data.load_run(runs["vdrl2"])
+    score_net, encoder, sde, ckpt = checkpoint.load_run(runs["vdrl2"])
     images, _ = data.load_dataset("shapes", ckpt["args"]["data_dir"], train=False)
     codes = encoder(images[:2000].float() / 255)[0].detach()
     args = ["--ckpt", str(runs["vdrl2"]), "--mode", "grid", "--steps", "1", "--n", "2", "--out", str(tmp_path),

@@ -6,10 +6,11 @@ import torch
 
 import data
 import train_drl
-from data import DataError, load_dataset, load_run
+from checkpoint import CheckpointError, load_run
+from data import load_dataset
 
 TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "16",
-        "--log-every", "2", "--warmup", "2", "--device", "cpu"]
+        "--log-every", "2", "--warmup", "2", "--device", "cpu", "--probe-n", "0"]
 
 
 def run(tmp_path, name, *extra):
@@ -54,8 +55,9 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_resume_with_other_networks_is_refused(tmp_path):
     out = run(tmp_path, "r", "--steps", "2", "--save-every", "2")
-    for other in (["--ch", "16"], ["--objective", "vdrl"], ["--t-sampling", "sigma"]):
-        with pytest.raises(SystemExit, match="other networks, objective or data"):
+    for other, says in ((["--ch", "16"], "the networks differ"), (["--objective", "vdrl"], "--objective vdrl"),
+                        (["--t-sampling", "sigma"], r"--t-sampling sigma \(saved: uniform\)")):
+        with pytest.raises(SystemExit, match="holds another run.*" + says):
             train_drl.main(TINY + ["--out", str(out), "--steps", "4", *other])
 
 
@@ -107,10 +109,10 @@ def test_shapes_factors():
 
 
 def test_load_run_rejects_wrong_files(tmp_path):
-    with pytest.raises(DataError, match="no such checkpoint"):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
         load_run(tmp_path / "nothing.pt")
     torch.save({"model": {}}, tmp_path / "other.pt")
-    with pytest.raises(DataError, match="not a train_drl.py checkpoint"):
+    with pytest.raises(CheckpointError, match="not a train_drl.py checkpoint"):
         load_run(tmp_path / "other.pt")
 
 
@@ -135,5 +137,5 @@ def test_baselines_train_the_same_encoder_and_save_the_same_format(tmp_path, obj
 
 
 def test_time_cond_needs_a_diffusion_objective(tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="2"):  # argparse's usage error
         run(tmp_path, "x", "--objective", "ae", "--time-cond")

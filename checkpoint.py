@@ -1,0 +1,108 @@
+"""The checkpoint format: one writer, one loader, one error. Every stage reads a run through here.
+
+A train_drl.py checkpoint is one dict of plain tensors and primitives (`torch.load(p,
+weights_only=True)` reads it): kind "drl_train", step, args, config (each network's constructor
+arguments), the networks and their EMA copies, the optimiser, the AMP scaler and the RNG states.
+`load_run` rebuilds the networks from config, so no stage asks for architecture flags again. The
+downstream stages' codes are encoded here too, and cached per (checkpoint, t, images).
+"""
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from encoder import Decoder, Encoder, Projector, encode
+from runtime import autocast
+from sde import VESDE
+from unet import UNet
+
+NETS = {"score_net": UNet, "encoder": Encoder, "decoder": Decoder, "projector": Projector}
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be used for what was asked; its message says what to pass instead."""
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file beside `path` (named for this process, so two writers never
+    share one), then rename: a crash never leaves half a file, and the old file stays until then."""
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def build_nets(config):
+    """Rebuild the run's networks from the constructor arguments stored in its checkpoint: a dict
+    name -> module holding those of score_net, encoder, decoder, projector the run has."""
+    return {name: cls(**config[name]) for name, cls in NETS.items() if config.get(name)}
+
+
+def read_checkpoint(path):
+    """The checkpoint dict of a train_drl.py run, on the CPU. Raises CheckpointError on a missing,
+    truncated or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint; train one with `python train_drl.py --out RUN`, "
+                              f"then pass RUN/ckpt.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: truncated or foreign?); "
+                              f"pass a ckpt.pt written by train_drl.py, or delete it to start afresh") from None
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != "drl_train":
+        raise CheckpointError(f"{path}: not a train_drl.py checkpoint; pass RUN/ckpt.pt from train_drl.py")
+    return ckpt
+
+
+def load_run(path, device="cpu", ema=True):
+    """Load a train_drl.py run: returns (score_net or None, encoder or None, sde, ckpt), networks in
+    eval mode on `device`, EMA weights unless ema=False (score_net is None for the AE, VAE and SimCLR
+    baselines, encoder None for a plain score model)."""
+    ckpt = read_checkpoint(path)
+    nets = build_nets(ckpt["config"])
+    for name, net in nets.items():
+        net.load_state_dict(ckpt[("ema_" if ema else "") + name])
+        net.to(device).eval()
+    sde = VESDE(ckpt["args"]["sigma_min"], ckpt["args"]["sigma_max"])
+    return nets.get("score_net"), nets.get("encoder"), sde, ckpt
+
+
+def run_name(path):
+    """A short name that identifies a checkpoint: its folder, plus the file's stem unless it is ckpt.pt."""
+    path = Path(path)
+    return path.resolve().parent.name + ("" if path.name == "ckpt.pt" else f"-{path.stem}")
+
+
+# ---- codes for the downstream stages: encoded in batches, cached per (checkpoint, t, images) ----
+
+@torch.no_grad()
+def encode_images(encoder, images, t, device, batch_size=500):
+    """Codes (N, D) float32 on `device` of uint8 images (N, C, H, W) at time t (None: no t); the mean
+    for a probabilistic encoder."""
+    codes = []
+    for x in images.split(batch_size):
+        with autocast(device):
+            codes.append(encode(encoder, x.to(device).float() / 255, t).float())
+    return torch.cat(codes)
+
+
+def checkpoint_key(path):
+    """Names one version of a checkpoint file (path, mtime, size): a retrained run gets new codes."""
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
+
+
+def cached_codes(cache, key, make):
+    """make() once per key; later runs load the codes from cache/KEY_HASH.pt."""
+    path = Path(cache) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    codes = make().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(codes, path)
+    return codes

@@ -1,0 +1,56 @@
+"""How much a frozen code tells: a linear read-out of the class, and the code's effective dimension.
+
+Shared by probe.py (every probe, every t) and train_drl.py (the probe curve written while training).
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def standardise(train, *others):
+    """Zero mean, unit variance per feature, with the training codes' statistics."""
+    mean, std = train.mean(0), train.std(0).clamp(min=1e-6)
+    return [(x - mean) / std for x in (train, *others)]
+
+
+def fit_logistic(x, y, n_classes, weight_decay, max_iter=100):
+    """Multinomial logistic regression: minimise cross-entropy + weight_decay / 2 * ||W||^2 by L-BFGS."""
+    layer = nn.Linear(x.shape[1], n_classes).to(x.device)
+    nn.init.zeros_(layer.weight)
+    nn.init.zeros_(layer.bias)
+    opt = torch.optim.LBFGS(layer.parameters(), lr=1, max_iter=max_iter, history_size=10,
+                            line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(layer(x), y) + 0.5 * weight_decay * layer.weight.square().sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return layer
+
+
+def accuracy(logits, y):
+    return (logits.argmax(1) == y).float().mean().item()
+
+
+def linear_probe(x_train, y_train, x_test, y_test, weight_decays=(0.0, 1e-4, 1e-3, 1e-2), seed=0):
+    """Test accuracy of a linear classifier on standardised codes; the weight decay is the one that
+    does best on a held-out 10% of the training codes. Returns (accuracy, weight decay)."""
+    n_classes = int(max(y_train.max(), y_test.max())) + 1
+    x_train, x_test = standardise(x_train, x_test)
+    perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed)).to(x_train.device)
+    held, fit = perm[: len(perm) // 10], perm[len(perm) // 10:]
+    best = max(weight_decays, key=lambda wd: accuracy(
+        fit_logistic(x_train[fit], y_train[fit], n_classes, wd)(x_train[held]), y_train[held]))
+    with torch.no_grad():
+        return accuracy(fit_logistic(x_train, y_train, n_classes, best)(x_test), y_test), best
+
+
+@torch.no_grad()
+def participation_ratio(codes):
+    """Effective dimension of codes (N, D): (sum of the covariance's eigenvalues)^2 / sum of their
+    squares. D for isotropic codes, 1 when all variance lies on one direction."""
+    eig = torch.linalg.eigvalsh(torch.cov(codes.double().T)).clamp(min=0)
+    return (eig.sum() ** 2 / eig.square().sum().clamp(min=1e-300)).item()
