@@ -47,10 +47,10 @@ DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
 PRESETS = {
     "paper": dict(ch=32, ch_mult=None, num_res_blocks=2, batch_size=128, steps=80_000, warmup=5000, lr=2e-4,
                   log_every=100, save_every=5000, ema=0.999, precond="paper", weighting="paper",
-                  t_sampling="uniform", latent_norm=False, probe_n=0),
+                  t_sampling="uniform", latent_norm=False, code_map=False, probe_n=0),
     "cpu": dict(ch=16, ch_mult="1,2", num_res_blocks=1, batch_size=64, steps=3000, warmup=200, lr=2e-4,
                 log_every=50, save_every=500, ema=0.995, precond="paper", weighting="paper",
-                t_sampling="uniform", latent_norm=False, probe_n=5000),
+                t_sampling="uniform", latent_norm=False, code_map=False, probe_n=5000),
 }
 EVAL_SEED = 1234  # the eval loss uses the same t and noise at every save and in every run
 
@@ -69,6 +69,10 @@ def parse_args(argv=None):
     p.add_argument("--latent-dim", type=int, default=128)
     p.add_argument("--latent-norm", action=argparse.BooleanOptionalAction,
                    help="layer-normalise z before the score net's latent embedding")
+    p.add_argument("--code-map", action=argparse.BooleanOptionalAction,
+                   help="also add the code to the score net as a coarse spatial map (beyond the papers)")
+    p.add_argument("--decorr", type=float, default=0.0,
+                   help="drl: weight of a penalty on the correlation between code dimensions (beyond the papers)")
     p.add_argument("--precond", choices=["paper", "edm"], help="score = F / std (paper) or EDM's denoiser")
     p.add_argument("--weighting", choices=["paper", "edm"], help="lambda = sigma^2 (paper) or EDM's")
     p.add_argument("--t-sampling", choices=["uniform", "sigma", "fixed", "lognormal"])
@@ -132,7 +136,7 @@ def check_args(p, args):
         value = getattr(args, name)
         if not (math.isfinite(value) and value > 0):
             p.error(f"--{name.replace('_', '-')} must be a positive number, not {value}")
-    for name in ("warmup", "probe_n", "benchmark", "l1", "dropout", "aug_std"):
+    for name in ("warmup", "probe_n", "benchmark", "l1", "decorr", "dropout", "aug_std"):
         value = getattr(args, name)
         if not (math.isfinite(value) and value >= 0):
             p.error(f"--{name.replace('_', '-')} must be zero or positive, not {value}")
@@ -165,7 +169,8 @@ def net_config(args, sigma_data):
     config = dict(score_net=None, encoder=None, decoder=None, projector=None)
     if args.objective in DIFFUSION:
         config["score_net"] = dict(arch, latent_dim=latent, dropout=args.dropout, sigma_data=sigma_data,
-                                   precond=args.precond, latent_norm=args.latent_norm and latent > 0)
+                                   precond=args.precond, latent_norm=args.latent_norm and latent > 0,
+                                   code_map=args.code_map and latent > 0)
     if latent:
         config["encoder"] = dict(arch, ch=args.enc_ch, latent_dim=latent,
                                  probabilistic=args.objective in ("vdrl", "vae"), time_cond=args.time_cond)
@@ -211,8 +216,17 @@ def code_regulariser(z, mu, logvar, args, device):
     if logvar is not None:
         return args.kl * kl_to_standard_normal(mu, logvar).mean()
     if z is not None and args.objective == "drl":
-        return args.l1 * z.float().abs().sum(1).mean()
+        reg = args.l1 * z.float().abs().sum(1).mean()
+        return reg + args.decorr * decorrelation(z.float()) if args.decorr else reg
     return torch.zeros((), device=device)
+
+
+def decorrelation(z):
+    """Mean squared off-diagonal correlation between the code's dimensions over the batch, times D:
+    zero when the dimensions are uncorrelated, so the code cannot be near-copies of one direction."""
+    zc = (z - z.mean(0)) / (z.std(0) + 1e-4)
+    corr = zc.T @ zc / len(z)
+    return (corr.square().sum() - corr.diagonal().square().sum()) / z.shape[1]
 
 
 LOSSES = dict(drl=diffusion_loss, vdrl=diffusion_loss, score=diffusion_loss, ae=autoencoder_loss,

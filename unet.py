@@ -14,7 +14,8 @@ activations from sigma = 0.01 to 50. The network F's output becomes a score in o
 - "edm": the denoiser D = c_skip x + c_out F with c_skip = sigma_data^2 / (std^2 + sigma_data^2),
   c_out = std sigma_data / sqrt(std^2 + sigma_data^2) (Karras et al. 2022), score = (D - x) / std^2.
   F's target has unit variance at every std, and at high noise D is F read as an image.
-With latent_norm, z is layer-normalised (no affine) before its embedding: the score net sees every
+With code_map, the code's embedding is also projected to a coarse ch-channel image, upsampled and
+added after the stem: FiLM alone gives every pixel the same modulation. With latent_norm, z is layer-normalised (no affine) before its embedding: the score net sees every
 code at one scale, whatever the encoder's output scale (a measured lever, beyond the papers).
 """
 import math
@@ -134,7 +135,7 @@ def down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size, cond_dim
 class UNet(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  dropout=0.0, latent_dim=0, sigma_min=0.01, sigma_max=50.0, sigma_data=0.5,
-                 fourier_scale=16.0, precond="paper", latent_norm=False):
+                 fourier_scale=16.0, precond="paper", latent_norm=False, code_map=False):
         super().__init__()
         if precond not in ("paper", "edm"):
             raise ValueError(f"unknown precond {precond!r}: use paper or edm")
@@ -145,6 +146,10 @@ class UNet(nn.Module):
         self.time_embed = TimeEmbedding(emb, self.sde, fourier_scale)
         self.latent_embed = (nn.Sequential(nn.Linear(latent_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
                              if latent_dim else None)
+        # the code as a coarse image too: FiLM alone modulates channels, the same at every pixel, so
+        # from noise alone the net could not lay out where things are (beyond the papers)
+        self.map_size = (image_size + 3) // 4
+        self.code_map = nn.Linear(emb, ch * self.map_size ** 2) if latent_dim and code_map else None
         self.down, skips, cur = down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size,
                                           emb, dropout)
         self.mid = nn.ModuleList([ResBlock(cur, cur, emb, dropout), Attention(cur),
@@ -164,17 +169,24 @@ class UNet(nn.Module):
 
     def forward(self, x, t, z=None):
         """Score s(x_t, t, z) for a batch x (B, C, H, W), times t (B,), codes z (B, latent_dim) or None."""
-        cond = self.time_embed(t)
+        cond, code_image = self.time_embed(t), None
         if self.latent_embed is not None:
             if z is None:
                 raise ValueError("this score net was built with latent_dim > 0: pass the code z")
-            cond = cond + self.latent_embed(z if self.latent_norm is None else self.latent_norm(z))
+            z_emb = self.latent_embed(z if self.latent_norm is None else self.latent_norm(z))
+            cond = cond + z_emb
+            if self.code_map is not None:
+                m = self.code_map(F.silu(z_emb)).view(len(x), -1, self.map_size, self.map_size)
+                code_image = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
         std = self.sde.marginal_std(t.float())[:, None, None, None]
         var = self.sigma_data ** 2 + std ** 2
         h = x * torch.rsqrt(var)  # c_in
         hs = []
         for block in self.down:
-            h = block(h) if isinstance(block, nn.Conv2d) else block(h, cond)
+            if isinstance(block, nn.Conv2d):  # the stem
+                h = block(h) if code_image is None else block(h) + code_image
+            else:
+                h = block(h, cond)
             if isinstance(block, Attention):
                 hs[-1] = h  # the skip of a stage is taken after its attention
             else:
@@ -188,8 +200,22 @@ class UNet(nn.Module):
                 h = block(h, hs[-1].shape[-2:])
             else:
                 h = block(h, cond)
-        f = self.out(h).float()
-        if self.precond == "paper":
-            return f / std
-        # (D - x) / std^2 with D = c_skip x + c_out F, written so that no large terms cancel
-        return self.sigma_data * f * torch.rsqrt(var) / std - x.float() / var
+        return precondition(self.out(h).float(), x.float(), std, self.precond, self.sigma_data)
+
+
+def precondition(f, x, std, precond="paper", sigma_data=0.5):
+    """The score given the network output F at noise std (module docstring): F / std ("paper"), or
+    (D - x) / std^2 with EDM's D = c_skip x + c_out F ("edm"), written so no large terms cancel."""
+    if precond == "paper":
+        return f / std
+    var = sigma_data ** 2 + std ** 2
+    return sigma_data * f * torch.rsqrt(var) / std - x / var
+
+
+def network_target(score, x, std, precond="paper", sigma_data=0.5):
+    """The inverse of `precondition`: the output F that gives `score`. For EDM, F's target for a
+    clean x_0 has unit variance at every std (Karras et al. 2022, eq. 8)."""
+    if precond == "paper":
+        return score * std
+    var = sigma_data ** 2 + std ** 2
+    return (score + x / var) * std * torch.sqrt(var) / sigma_data

@@ -85,3 +85,13 @@ def test_score_run_and_mixed_data_are_one_line_errors(tmp_path, runs):
         probe.main(["--ckpt", runs["score"], "--out", str(tmp_path), "--device", "cpu"])
     with pytest.raises(SystemExit, match="no such checkpoint"):
         probe.main(["--ckpt", str(tmp_path / "missing.pt"), "--out", str(tmp_path), "--device", "cpu"])
+
+
+def test_participation_ratio():
+    from linear_probe import participation_ratio
+    torch.manual_seed(0)
+    assert participation_ratio(torch.randn(20000, 8)) == pytest.approx(8, rel=0.02)       # isotropic: D
+    line = torch.randn(5000, 1) * torch.tensor([[1.0, -2.0, 0.5, 3.0]])
+    assert participation_ratio(line) == pytest.approx(1, abs=1e-6)                        # one direction
+    two = torch.cat([torch.randn(20000, 2), 1e-4 * torch.randn(20000, 30)], 1)            # near-copies of 2
+    assert participation_ratio(two) == pytest.approx(2, rel=0.03)

@@ -141,3 +141,57 @@ def test_code_that_knows_x0_removes_the_floor():
     partial = dsm_loss(conditional_score(x_t, data, std, half, idx % 2), noise, std).mean().item()
     assert perfect < 1e-6 * floor
     assert 0.05 * floor < partial < 0.95 * floor
+
+
+@pytest.mark.parametrize("precond", ["paper", "edm"])
+def test_both_parametrisations_reach_the_floor_through_the_network_output(precond):
+    """The net's output F maps to a score exactly: the F that stands for the exact marginal score
+    gives back that score, so the DSM floor stays reachable with either parametrisation."""
+    from unet import network_target, precondition
+    data = toy_data()
+    floor, se = dsm_floor(sde, data, T, n_mc=20000, generator=torch.Generator().manual_seed(1))
+    x0, noise, t, std, x_t = mc_batch(data, 20000, seed=2)
+    std4 = std[:, None, None].double()
+    exact = mixture_score(x_t, data, std).double()
+    f = network_target(exact, x_t.double(), std4, precond, sigma_data=0.3)
+    score = precondition(f, x_t.double(), std4, precond, sigma_data=0.3)
+    assert torch.allclose(score, exact, rtol=1e-9, atol=1e-9)
+    per = dsm_loss(score.float(), noise, std)
+    assert abs(per.mean().item() - floor) < 4 * math.hypot(se, per.std().item() / math.sqrt(20000))
+
+
+def test_edm_target_has_unit_scale_at_every_noise_level():
+    """EDM's F target for a clean image, (x0 - c_skip x) / c_out, has variance ~1 from std 0.01 to 50
+    for data of std sigma_data; the paper's (-noise) has too, but its x_0 error grows with std."""
+    from unet import network_target
+    torch.manual_seed(0)
+    sigma_data = 0.4
+    x0 = sigma_data * torch.randn(20000, 1, dtype=torch.float64)
+    for s in (0.01, 0.5, 5.0, 50.0):
+        std = torch.full((20000, 1), s, dtype=torch.float64)
+        x = x0 + std * torch.randn_like(x0)
+        kernel = -(x - x0) / std ** 2  # the regression target of DSM
+        f = network_target(kernel, x, std, "edm", sigma_data)
+        assert abs(f.std().item() - 1) < 0.03, s
+
+
+def test_edm_weighting_is_karras_lambda_on_the_denoised_image():
+    """weighting "edm": lambda(std) ||D - x0||^2 with lambda = (std^2 + sd^2) / (std sd)^2 and
+    D = x_t + std^2 s; weighting "paper": ||D - x0||^2 / std^2."""
+    torch.manual_seed(0)
+    x0, noise, score = torch.rand(6, 1, 4, 4), torch.randn(6, 1, 4, 4), torch.randn(6, 1, 4, 4)
+    std, sd = torch.tensor([0.01, 0.1, 1.0, 3.0, 10.0, 50.0]), 0.35
+    x_t = x0 + std[:, None, None, None] * noise
+    err = (x_t + std[:, None, None, None] ** 2 * score - x0).square().flatten(1).sum(1)
+    assert torch.allclose(dsm_loss(score, noise, std, "paper"), err / std ** 2, rtol=1e-4)
+    karras = (std ** 2 + sd ** 2) / (std * sd) ** 2
+    assert torch.allclose(dsm_loss(score, noise, std, "edm", sd), karras * err, rtol=1e-4)
+
+
+def test_lognormal_time_sampling():
+    torch.manual_seed(0)
+    t = sde.sample_t(200000, "lognormal", p_mean=0.5, p_std=0.8)
+    log_sigma = torch.log(sde.sigma(t))
+    assert abs(log_sigma.mean().item() - 0.5) < 0.01 and abs(log_sigma.std().item() - 0.8) < 0.01
+    t = sde.sample_t(10000, "lognormal", p_mean=0.0, p_std=10.0)  # clipped to the SDE's range
+    assert t.min() >= 1e-5 and t.max() <= 1.0 and (t == 1.0).any()

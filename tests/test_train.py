@@ -139,3 +139,104 @@ def test_baselines_train_the_same_encoder_and_save_the_same_format(tmp_path, obj
 def test_time_cond_needs_a_diffusion_objective(tmp_path):
     with pytest.raises(SystemExit, match="2"):  # argparse's usage error
         run(tmp_path, "x", "--objective", "ae", "--time-cond")
+
+
+def test_new_levers_train_end_to_end(tmp_path):
+    out = run(tmp_path, "edm", "--steps", "4", "--save-every", "4", "--precond", "edm", "--weighting", "edm",
+              "--t-sampling", "lognormal", "--p-mean", "0.5", "--code-map", "--latent-norm", "--decorr", "1")
+    score_net, encoder, _, ckpt = load_run(out / "ckpt.pt")
+    assert score_net.precond == "edm" and score_net.code_map is not None and score_net.latent_norm is not None
+    assert 0.05 < score_net.sigma_data < 0.5  # measured from the images, not EDM's 0.5 for [-1, 1] data
+    x, t = torch.rand(2, 1, 28, 28), torch.full((2,), 0.7)
+    z = encoder(x)[0]
+    assert not torch.allclose(score_net(x, t, z), score_net(x, t, z.flip(0)))  # the code steers the score
+
+
+def test_minutes_budget_stops_and_saves(tmp_path):
+    out = run(tmp_path, "m", "--steps", "100000", "--save-every", "100000", "--minutes", "0.01")
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert 0 < ckpt["step"] < 100000 and ckpt["train_seconds"] >= 0.6
+    assert rows[-1]["step"] == ckpt["step"] and "eval_loss" in rows[-1]
+
+
+def test_probe_curve_is_the_linear_probe_of_the_ema_encoder(tmp_path):
+    from checkpoint import encode_images
+    from linear_probe import linear_probe, participation_ratio
+    out = run(tmp_path, "p", "--steps", "4", "--save-every", "2", "--probe-n", "200")
+    rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    curve = [r for r in rows if "probe_linear" in r]
+    assert [r["step"] for r in curve] == [2, 4]
+    _, encoder, _, _ = load_run(out / "ckpt.pt")
+    images, labels = load_dataset("shapes", train=True)
+    test_images, test_labels = load_dataset("shapes", train=False)
+    train = encode_images(encoder, images[:200], None, torch.device("cpu"))
+    test = encode_images(encoder, test_images[:200], None, torch.device("cpu"))
+    assert curve[-1]["probe_linear"] == pytest.approx(linear_probe(train, labels[:200], test, test_labels[:200])[0])
+    assert curve[-1]["probe_pr"] == pytest.approx(participation_ratio(test), rel=1e-4)
+
+
+def test_sigint_saves_and_the_run_resumes_exactly(tmp_path, monkeypatch):
+    import os
+    import signal
+    straight = run(tmp_path, "straight", "--steps", "6", "--save-every", "100")
+    real_step = train_drl.Training.train_step
+
+    def step_then_interrupt(self, x0):
+        result = real_step(self, x0)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: finish this step, save, exit
+        return result
+
+    monkeypatch.setattr(train_drl.Training, "train_step", step_then_interrupt)
+    out = run(tmp_path, "stopped", "--steps", "6", "--save-every", "100")
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 3
+    monkeypatch.setattr(train_drl.Training, "train_step", real_step)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    run(tmp_path, "stopped", "--steps", "6", "--save-every", "100")
+    a, b = (torch.load(p / "ckpt.pt", weights_only=True) for p in (straight, out))
+    assert b["step"] == 6 and all(torch.equal(a["ema_encoder"][k], v) for k, v in b["ema_encoder"].items())
+    steps = [json.loads(line)["step"] for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicate rows after the resume
+
+
+def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
+    """The issue's reproduction: lr 1e2 blows the weights up within a few steps."""
+    out = tmp_path / "blow"
+    with pytest.raises(SystemExit, match="became nan|became inf") as e:
+        train_drl.main(TINY + ["--out", str(out), "--warmup", "1", "--save-every", "2", "--lr", "1e2",
+                               "--steps", "100"])
+    ckpt_path = out / "ckpt.pt"
+    if ckpt_path.exists():
+        assert "left intact" in str(e.value)
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        assert all(torch.isfinite(v).all() for k in ("score_net", "encoder", "ema_score_net", "ema_encoder")
+                   for v in ckpt[k].values())
+        run(tmp_path, "blow", "--steps", str(ckpt["step"] + 2))  # the run is not lost: it resumes at the default lr
+    else:
+        assert "no checkpoint was written" in str(e.value)
+
+
+@pytest.mark.parametrize("flags,says", [
+    (["--steps", "-5"], "--steps must be a positive"), (["--batch-size", "0"], "--batch-size must be a positive"),
+    (["--t-fixed", "-1"], "--t-fixed must lie in"), (["--t-sampling", "fixed", "--t-fixed", "2"], "--t-fixed must lie in"),
+    (["--t-fixed", "0"], "--t-fixed must lie in"), (["--latent-dim", "0"], "--latent-dim must be a positive"),
+    (["--lr", "nan"], "--lr must be a positive"), (["--save-every", "0"], "--save-every must be a positive"),
+    (["--eval-n", "0"], "--eval-n must be a positive"), (["--sigma-min", "0"], "--sigma-min must be a positive"),
+    (["--ch", "0"], "--ch must be a positive"), (["--minutes", "-1"], "--minutes must be a positive")])
+def test_bad_numbers_get_one_argparse_line(tmp_path, capsys, flags, says):
+    with pytest.raises(SystemExit) as e:
+        train_drl.main(TINY + ["--out", str(tmp_path / "x"), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and says in err[-1] and not (tmp_path / "x").exists()
+
+
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    from checkpoint import CheckpointError
+    lock = train_drl.lock_run_folder(tmp_path / "busy")
+    (tmp_path / "busy" / "ckpt.pt.123.tmp").write_text("stale")
+    with pytest.raises(SystemExit, match="in use by another train_drl.py run"):
+        run(tmp_path, "busy", "--steps", "2")
+    lock.close()  # as when the first run's process ends, however it ends
+    run(tmp_path, "busy", "--steps", "2")
+    assert not list((tmp_path / "busy").glob("*.tmp"))
