@@ -36,13 +36,13 @@ class VESDE:
         return x0 + _bc(self.marginal_std(t), x0) * noise
 
     def kernel_score(self, x_t, x0, t):
-        """grad_{x_t} log p_0t(x_t | x_0) = -(x_t - x_0) / std^2."""
+        """grad_{x_t} log p_0t(x_t | x_0) = -(x_t - x_0) / std^2, the regression target of DSM.
+        `dsm_loss` uses its closed form -noise / std, which needs no division by a tiny std."""
         return -(x_t - x0) / _bc(self.marginal_std(t), x0) ** 2
 
     def prior_sampling(self, shape, t=1.0, device=None, generator=None):
         """x_T ~ N(0, marginal_std(t)^2 I); the data mean is neglected next to sigma_max."""
-        std = math.sqrt((self.sigma_min * math.exp(t * self.log_ratio)) ** 2 - self.sigma_min ** 2)
-        return torch.randn(shape, device=device, generator=generator) * std
+        return torch.randn(shape, device=device, generator=generator) * self.marginal_std(torch.tensor(float(t))).item()
 
     def reverse_drift(self, x, t, score):
         """Drift of the reverse-time SDE, eq. 2: f - g^2 score, with f = 0 for the VE SDE."""

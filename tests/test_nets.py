@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from encoder import Decoder, Encoder, encode, nt_xent
 from unet import ResBlock, UNet
@@ -47,15 +48,18 @@ def test_latent_changes_the_score_through_film():
 
 
 def test_film_is_scale_and_shift():
-    block = ResBlock(4, 4, cond_dim=6)
-    torch.nn.init.zeros_(block.film.weight)
-    with torch.no_grad():
-        block.film.bias.copy_(torch.cat([torch.full((4,), -1.0), torch.zeros(4)]))  # scale -1: h * 0
-    x = torch.randn(2, 4, 5, 5)
-    assert torch.allclose(block(x, torch.randn(2, 6)), x)  # residual branch is silu(0) -> conv(0) = bias 0
+    """The block's output is skip(x) + conv2(silu(norm2(conv1(silu(norm1 x))) * (1 + scale) + shift)) with
+    (scale, shift) = film(silu(cond)), recomputed here by hand with every layer random."""
+    block = randomise_zero_inits(ResBlock(4, 6, cond_dim=5))
+    x, cond = torch.randn(2, 4, 5, 5), torch.randn(2, 5)
+    scale, shift = block.film(F.silu(cond))[:, :, None, None].chunk(2, dim=1)
+    h = block.norm2(block.conv1(F.silu(block.norm1(x))))
+    expected = block.skip(x) + block.conv2(F.silu(h * (1 + scale) + shift))
+    assert torch.allclose(block(x, cond), expected, atol=1e-5)
+    assert not torch.allclose(block(x, cond), block(x, torch.randn(2, 5)), atol=1e-3)  # the condition matters
 
 
-def test_score_is_raw_output_divided_by_kernel_std():
+def test_score_from_raw_output_in_both_parametrisations():
     net = randomise_zero_inits(UNet(**TINY))
     raw = []
     net.out.register_forward_hook(lambda module, inputs, output: raw.append(output))
@@ -64,6 +68,11 @@ def test_score_is_raw_output_divided_by_kernel_std():
     std = torch.sqrt(net.sde.sigma(t) ** 2 - 0.01 ** 2)[:, None, None, None]
     assert raw[0].abs().min() > 0 and torch.isfinite(score).all()
     assert torch.allclose(score, raw[0] / std)
+    net.precond, net.sigma_data, raw[:] = "edm", 0.3, []  # EDM: (c_skip x + c_out F - x) / std^2
+    score = net(x, t)
+    c_skip, c_out = 0.09 / (std ** 2 + 0.09), std * 0.3 / torch.sqrt(std ** 2 + 0.09)
+    assert torch.allclose(score[1:], ((c_skip * x + c_out * raw[0] - x) / std ** 2)[1:], rtol=1e-4, atol=1e-5)
+    assert torch.isfinite(score[:1]).all()  # at t = 1e-5 the direct formula cancels badly; ours does not
 
 
 def test_encoder_kinds():

@@ -29,8 +29,16 @@ def test_pc_sampler_recovers_gaussian(predictor, corrector_steps):
 
 def test_t_init_starts_from_smaller_prior():
     torch.manual_seed(0)
-    x, nfe = sample.pc_sample(sde, gaussian_score, (4000, 4), steps=200, t_init=0.6, corrector_steps=1)
-    assert nfe == 400 and abs(x.mean().item() - MU) < 0.05  # sigma(0.6) = 1.6: data mean barely hidden
+    seen = []
+
+    def recording_score(x, t):
+        seen.append((t[0].item(), x.std().item()))
+        return gaussian_score(x, t)
+
+    x, nfe = sample.pc_sample(sde, recording_score, (4000, 4), steps=200, t_init=0.6, corrector_steps=1)
+    std_06 = sde.marginal_std(torch.tensor(0.6)).item()  # 1.66, not sigma_max = 50
+    assert seen[0][0] == pytest.approx(0.6) and seen[0][1] == pytest.approx(std_06, rel=0.03)
+    assert nfe == 400 and abs(x.mean().item() - MU) < 0.05 and abs(x.var().item() / S ** 2 - 1) < 0.1
 
 
 def test_sampler_is_deterministic_under_a_seed():
@@ -60,8 +68,10 @@ def test_nn_eval_reports_both_pairings(tmp_path, runs):
                  "--out", str(tmp_path), "--device", "cpu", "--corrector-steps", "0"])
     info = json.loads((tmp_path / "recon.json").read_text())
     assert info["nn_candidates"] == 100
-    for key in ("nn_is_source", "nn_same_class"):
-        assert 0 <= info[f"{key}_own_code"] <= 1 and 0 <= info[f"{key}_shuffled_codes"] <= 1
+    for key in ("nn_is_source", "nn_same_class"):  # fractions of the 100 candidates
+        for pairing in ("own_code", "shuffled_codes"):
+            assert info[f"{key}_{pairing}"] * 100 == pytest.approx(round(info[f"{key}_{pairing}"] * 100))
+    assert info["nn_same_class_own_code"] >= info["nn_is_source_own_code"]  # its source has its class
 
 
 def test_grid_spans_the_codes_unless_given_a_range(tmp_path, runs):

@@ -56,9 +56,16 @@ def test_prior_and_reverse_drift():
     torch.manual_seed(0)
     x = sde.prior_sampling((4000, 8))
     assert abs(x.std().item() / 50.0 - 1) < 0.02
-    t = torch.tensor([0.4, 0.9])
-    score = torch.randn(2, 3)
-    assert torch.allclose(sde.reverse_drift(torch.zeros(2, 3), t, score), -(sde.g(t) ** 2)[:, None] * score)
+    assert abs(sde.prior_sampling((4000, 8), t=0.6).std().item() / 1.66 - 1) < 0.02  # sigma(0.6) = 1.66
+    # the reverse SDE keeps every marginal: for data N(0, S^2) (score -x / Var), stepping back by dt the
+    # drift changes Var by -2 E[x drift] dt and the noise adds g^2 dt; the net change must be -d std^2/dt dt
+    # = -g^2 dt, so 2 E[x drift] = 2 g^2 (a wrong sign or factor in the drift breaks this)
+    for t_value in (0.4, 0.9):
+        t = torch.full((200000,), t_value)
+        var = (0.25 + sde.marginal_std(t) ** 2)[:, None]
+        x = torch.randn(200000, 1) * var.sqrt()
+        drift = sde.reverse_drift(x, t, -x / var)
+        assert (2 * x * drift).mean().item() == pytest.approx(2 * sde.g(t[0]).item() ** 2, rel=0.02)
 
 
 def test_kl_closed_form():

@@ -20,7 +20,7 @@ def run(tmp_path, name, *extra):
 
 
 @pytest.mark.parametrize("objective,extra", [("drl", []), ("vdrl", ["--latent-dim", "2"]),
-                                             ("drl", ["--time-cond", "--t-sampling", "sigma"]), ("score", [])])
+                                             ("drl", ["--time-cond", "--t-sampling", "uniform"]), ("drl", ["--preset", "paper"]), ("score", [])])
 def test_end_to_end_and_checkpoint_round_trip(tmp_path, objective, extra):
     out = run(tmp_path, objective, "--objective", objective, "--steps", "4", "--save-every", "4", *extra)
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)  # plain tensors and primitives only
@@ -56,7 +56,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_resume_with_other_networks_is_refused(tmp_path):
     out = run(tmp_path, "r", "--steps", "2", "--save-every", "2")
     for other, says in ((["--ch", "16"], "the networks differ"), (["--objective", "vdrl"], "--objective vdrl"),
-                        (["--t-sampling", "sigma"], r"--t-sampling sigma \(saved: uniform\)")):
+                        (["--t-sampling", "uniform"], r"--t-sampling uniform \(saved: sigma\)")):
         with pytest.raises(SystemExit, match="holds another run.*" + says):
             train_drl.main(TINY + ["--out", str(out), "--steps", "4", *other])
 
