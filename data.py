@@ -81,6 +81,20 @@ def shapes_fine_factor(train=True):
     return make_shapes(*SHAPES_SPLITS[train])[2]
 
 
+def missing_message(name, data_dir, error):
+    """One line: where we looked, which files would do, and the offline way out."""
+    if name in ("mnist", "fashion_mnist"):
+        looked = ", ".join(map(str, idx_folders(name, data_dir)))
+        files = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES[True] + IDX_FILES[False])
+        need = f"put {files} in one of them or pass --data-dir"
+    else:
+        looked, need = data_dir, "copy torchvision's copy of it there or pass --data-dir"
+    offline = ("`apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else
+               "--dataset fashion_mnist after `apt-get install dataset-fashion-mnist`")
+    return (f"{name}: not found in {looked} and the download failed ({type(error).__name__}): {need}; "
+            f"offline, use {offline}, or --dataset shapes (made in code)")
+
+
 def load_dataset(name, data_dir="./data", train=True):
     """Return (images uint8 (N, C, H, W), labels int64 (N,)). Raises DataError with a one-line fix."""
     if name == "shapes":
@@ -101,10 +115,7 @@ def load_dataset(name, data_dir="./data", train=True):
     try:
         ds = cls(root=data_dir, train=train, download=True)
     except Exception as e:  # offline, or a broken partial download
-        looked = ", ".join(map(str, idx_folders(name, data_dir))) if name in ("mnist", "fashion_mnist") else data_dir
-        hint = " (or `apt-get install dataset-fashion-mnist`)" if name == "fashion_mnist" else ""
-        raise DataError(f"{name}: not found in {looked} and the download failed ({type(e).__name__}): "
-                        f"copy the data set's files there{hint}, pass --data-dir, or use --dataset shapes") from None
+        raise DataError(missing_message(name, data_dir, e)) from None
     images = torch.as_tensor(np.asarray(ds.data))
     images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)
     return images.contiguous(), torch.as_tensor(np.asarray(ds.targets)).long()

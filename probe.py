@@ -15,7 +15,8 @@ training and test images (the mean, for a probabilistic encoder), and the frozen
   on `shapes` also with respect to the fine factor, the stroke width (silhouette_fine).
 Baselines computed here: raw pixels and a randomly initialised encoder of the first checkpoint's
 architecture. Writes OUT/probe.json (every number), OUT/probe.png (accuracy and silhouette vs t),
-OUT/scatter_NAME.png for 2-D codes, and caches codes in OUT/cache (a second run only probes).
+OUT/scatter_NAME.png for 2-D codes (and scatter_all.png with one column per run when several runs
+have 2-D codes without t), and caches codes in OUT/cache (a second run only probes).
 """
 import argparse
 import json
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from checkpoint import CheckpointError, build_nets, cached_codes, checkpoint_key, encode_images, load_run, run_name
 from data import DataError, load_dataset, shapes_fine_factor
 from linear_probe import accuracy, linear_probe, participation_ratio, standardise
-from runtime import exit_on, pick_device
+from runtime import check_numbers, exit_on, float_list, pick_device, prepare_out
 
 FEW_SHOTS = (1, 5, 10)
 
@@ -116,7 +117,7 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", nargs="+", required=True, help="train_drl.py checkpoints with an encoder")
     p.add_argument("--out", default="probes")
     p.add_argument("--ts", default=",".join(f"{i / 10:g}" for i in range(11)), help="times for E(x0, t)")
-    p.add_argument("--max-train", type=int, default=None, help="use this many training images (random)")
+    p.add_argument("--max-train", type=int, default=None, help="use the first this many training images (as train_drl.py --probe-n does)")
     p.add_argument("--max-test", type=int, default=None, help="use the first this many test images")
     p.add_argument("--silhouette-n", type=int, default=5000, help="test codes in the silhouette")
     p.add_argument("--knn", type=int, default=10, help="k of the k-NN probe")
@@ -134,8 +135,9 @@ def parse_args(argv=None):
         args.device = str(pick_device(args.device))
     except ValueError as e:
         p.error(str(e))
-    args.ts = [float(t) for t in args.ts.split(",")]
-    args.weight_decays = [float(w) for w in args.weight_decays.split(",")]
+    check_numbers(p, args, positive=("max_train", "max_test", "silhouette_n", "knn", "draws", "mlp_epochs"))
+    args.ts = float_list(p, args.ts, "--ts", 0, 1)
+    args.weight_decays = float_list(p, args.weight_decays, "--weight-decays", 0)
     return args
 
 
@@ -162,7 +164,7 @@ def probe_codes(args, train, y_train, test, y_test, fine=None):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    out = Path(args.out)
+    out = prepare_out(args.out)
     runs = []
     with exit_on(DataError, CheckpointError):
         for path in args.ckpt:
@@ -177,16 +179,14 @@ def main(argv=None):
         data_dir = args.data_dir or runs[0][2]["args"]["data_dir"]
         images, y_train = load_dataset(dataset, data_dir, train=True)
         test_images, y_test = load_dataset(dataset, data_dir, train=False)
-    if args.max_train and args.max_train < len(images):
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
-        images, y_train = images[keep], y_train[keep]
+    images, y_train = images[: args.max_train], y_train[: args.max_train]
     test_images, y_test = test_images[: args.max_test], y_test[: args.max_test]
     fine = shapes_fine_factor(train=False)[: args.max_test].to(device) if dataset == "shapes" else None
     y_train, y_test = y_train.to(device), y_test.to(device)
     subset = f"{dataset}|{len(images)}|{args.seed}|{len(test_images)}"
     torch.manual_seed(args.seed)
 
-    results, names = {}, []
+    results, names, flat_2d = {}, [], {}  # flat_2d: the 2-D codes of runs without t, drawn side by side
     for path, encoder, ckpt in runs:
         name = run_name(path)
         name = name if name not in names else f"{name}_{len(names)}"  # the same file given twice
@@ -203,7 +203,12 @@ def main(argv=None):
         results[name] = dict(ckpt=str(path), objective=ckpt["args"]["objective"], latent_dim=encoder.latent_dim,
                              time_cond=encoder.time_cond, step=ckpt["step"], per_t=rows)
         if encoder.latent_dim == 2:
-            scatter(out / f"scatter_{name}.png", test_codes, y_test, name, fine)
+            panels = {name if t is None else f"{name} t={t:g}": codes for t, codes in test_codes.items()}
+            scatter(out / f"scatter_{name}.png", panels, y_test, fine)
+            if not encoder.time_cond:
+                flat_2d[name] = test_codes[None]
+    if len(flat_2d) > 1:  # e.g. the granularity experiment: one column per run
+        scatter(out / "scatter_all.png", flat_2d, y_test, fine)
 
     if args.baselines:  # the same probes on raw pixels and on an untrained copy of the first encoder
         flat = lambda x: x.flatten(1).float().to(device) / 255
@@ -218,7 +223,6 @@ def main(argv=None):
         results["random_encoder"] = dict(architecture_of=names[0], per_t=rows)
         print(f"{'random_encoder':>24} t=-: " + fmt(rows[0]), flush=True)
 
-    out.mkdir(parents=True, exist_ok=True)
     meta = dict(dataset=dataset, train_images=len(images), test_images=len(test_images), knn_k=args.knn,
                 few_shot_draws=args.draws, device=str(device))
     (out / "probe.json").write_text(json.dumps(dict(meta=meta, results=results), indent=2))
@@ -256,21 +260,21 @@ def plot(path, results, dataset):
     plt.close(fig)
 
 
-def scatter(path, codes_by_t, labels, name, fine=None, n=2000):
-    """The first n 2-D test codes, one panel per t (codes_by_t: t -> (N, 2)), coloured by class (paper
-    Fig. 2/3); with a fine factor, a second row coloured by it."""
+def scatter(path, panels, labels, fine=None, n=2000):
+    """The first n 2-D test codes, one column per panel (panels: title -> codes (N, 2)), coloured by
+    class (paper Fig. 2/3); with a fine factor, a second row coloured by it."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     colourings = [("class", labels, "tab10")] + ([("stroke width", fine, "viridis")] if fine is not None else [])
-    ts = list(codes_by_t)
-    fig, axes = plt.subplots(len(colourings), len(ts), figsize=(3 * len(ts), 3 * len(colourings)), squeeze=False)
-    for col, t in enumerate(ts):
-        z = codes_by_t[t][:n].cpu()
+    fig, axes = plt.subplots(len(colourings), len(panels), figsize=(3 * len(panels), 3 * len(colourings)),
+                             squeeze=False)
+    for col, (title, codes) in enumerate(panels.items()):
+        z = codes[:n].cpu()
         for row, (what, colour, cmap) in enumerate(colourings):
             ax = axes[row, col]
             ax.scatter(z[:, 0], z[:, 1], c=colour[:n].cpu(), cmap=cmap, s=2)
-            ax.set_title(f"{name}{'' if t is None else f' t={t:g}'}: {what}", fontsize=8)
+            ax.set_title(f"{title}: {what}", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()

@@ -1,10 +1,18 @@
-"""Where the stages run: the device, its autocast, and one-line errors. Imports no network.
+"""Where the stages run: the device and its autocast, one-line errors, checked flags and folders,
+stopping on a signal, one run per folder, and the FLOP counts of a step. Imports no network.
 
     device = pick_device(args.device)          # cuda, then mps, then cpu; a clear error if absent
     with autocast(device, "bf16"): ...          # bf16 on CUDA, a no-op where it does not pay
     with exit_on(DataError, CheckpointError):   # bad input the user can fix -> `error: ...`, exit 1
+    check_numbers(parser, args, positive=("steps",))  # argparse-style line for a bad number
+    out = prepare_out(args.out)                 # the output folder exists and is writable before any work
 """
+import fcntl
+import math
+import os
+import signal
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import torch
 
@@ -40,3 +48,95 @@ def exit_on(*errors):
         yield
     except errors as e:
         raise SystemExit(f"error: {e}") from None
+
+
+def check_numbers(parser, args, positive=(), non_negative=(), in_unit=()):
+    """argparse-style one-line errors for numeric flags: `positive` > 0, `non_negative` >= 0, `in_unit`
+    in (0, 1]; NaN and infinity fail every check. Flags left at None are skipped."""
+    rules = [(positive, lambda v: v > 0, "a positive number"), (non_negative, lambda v: v >= 0, "zero or positive"),
+             (in_unit, lambda v: 0 < v <= 1, "in (0, 1]")]
+    for names, ok, what in rules:
+        for name in names:
+            value = getattr(args, name)
+            if value is not None and not (math.isfinite(value) and ok(value)):
+                parser.error(f"--{name.replace('_', '-')} must be {what}, not {value}")
+
+
+def prepare_out(path):
+    """Create the output folder before any work, or fail at once with one line (not after minutes of work)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"error: --out {path} is a file; pass a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"error: cannot write to --out {path} ({e.strerror}); pass another folder") from None
+    return path
+
+
+def float_list(parser, text, flag, lo=-math.inf, hi=math.inf):
+    """A comma list of numbers in [lo, hi], e.g. --ts 0,0.5,1, or one argparse-style error line."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        parser.error(f"{flag} must be a comma list of numbers, e.g. 0,0.5,1; not {text!r}")
+    if not all(lo <= v <= hi for v in values):
+        parser.error(f"{flag} values must lie in [{lo:g}, {hi:g}], not {text}")
+    return values
+
+
+class StopRequest:
+    """SIGINT/SIGTERM: the first asks the loop to save and exit after the current step; a second
+    Ctrl-C exits at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print(f"\n{signal.Signals(signum).name}: saving after this step (Ctrl-C again to quit at once)", flush=True)
+
+    def restore(self):
+        for s, handler in self.old.items():
+            signal.signal(s, handler)
+
+
+def lock_run_folder(out):
+    """Hold OUT/.lock for this process's life; a second run into the same folder is refused. The
+    operating system releases the lock when the process dies, so a killed run never leaves it stuck."""
+    out = prepare_out(out)
+    handle = open(out / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"error: {out} is in use by another train_drl.py run; wait for it or pass another --out")
+    for stale in out.glob("ckpt.pt.*tmp"):  # left by a run killed while writing
+        stale.unlink()
+    return handle
+
+
+def peak_bf16_flops(device):
+    """Dense bf16 peak of known GPUs (vendor data sheets, per device), or None: the MFU denominator."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, peak in (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
+                      ("L40S", 362e12), ("4090", 165e12)):
+        if key in name:
+            return peak
+    return None
+
+
+def count_step_flops(loss_fn, x0):
+    """FLOPs of one training step's forward and backward, counted by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        loss, reg = loss_fn(x0)
+        (loss + reg).backward()
+    return counter.get_total_flops()

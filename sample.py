@@ -25,7 +25,7 @@ from torchvision.utils import save_image
 
 from checkpoint import CheckpointError, load_run
 from data import DataError, load_dataset
-from runtime import autocast, exit_on, pick_device
+from runtime import autocast, check_numbers, exit_on, pick_device, prepare_out
 from sde import _bc
 
 
@@ -113,6 +113,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    check_numbers(p, args, positive=("n", "per_code", "steps", "snr", "range"), non_negative=("corrector_steps",),
+                  in_unit=("t_init", "t_swap"))
     try:
         args.device = str(pick_device(args.device))
     except ValueError as e:
@@ -122,6 +124,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    out = prepare_out(args.out)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     with exit_on(CheckpointError):
@@ -203,8 +206,6 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     save_image(grid.clamp(0, 1), out / f"{args.mode}.png", nrow=nrow, padding=1, pad_value=0.5)
     info = dict(mode=args.mode, ckpt=str(args.ckpt), steps=args.steps, predictor=args.predictor,
                 corrector_steps=args.corrector_steps, snr=args.snr, t_init=args.t_init,

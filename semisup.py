@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from checkpoint import CheckpointError, load_run, save_atomic
 from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset
-from runtime import autocast, exit_on, pick_device
+from runtime import autocast, check_numbers, exit_on, float_list, pick_device, prepare_out
 from encoder import Encoder
 
 
@@ -238,7 +238,10 @@ def parse_args(argv=None):
         args.device = str(pick_device(args.device))
     except ValueError as e:
         p.error(str(e))
-    args.t_grid = [float(t) for t in args.t_grid.split(",")]
+    check_numbers(p, args, positive=("ch", "latent_dim", "num_labeled", "epochs", "k", "cg_iters", "check_epochs",
+                                     "batch_size", "lr", "max_train", "max_test"),
+                  non_negative=("warmup_epochs", "weight_decay"), in_unit=("alpha",))
+    args.t_grid = float_list(p, args.t_grid, "--t-grid", 1e-6, 1 - 1e-6)
     if args.ckpt is None and (args.init == "drl" or args.dataset is None):
         p.error("pass --ckpt RUN/ckpt.pt (or --init random --dataset NAME to build the default architecture)")
     if not 0 < args.labeled_batch < args.batch_size:
@@ -291,7 +294,7 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    out = Path(args.out)
+    out = prepare_out(args.out)
     with exit_on(DataError, CheckpointError):
         encoder, encoder_config, dataset, data_dir = build_encoder(args)
         images, labels = load_dataset(dataset, data_dir, train=True)

@@ -18,11 +18,9 @@ same command again resumes from OUT/ckpt.pt; Ctrl-C saves first.
 """
 import argparse
 import copy
-import fcntl
 import json
 import math
 import os
-import signal
 import time
 from pathlib import Path
 
@@ -35,7 +33,8 @@ from checkpoint import CheckpointError, build_nets, encode_images, read_checkpoi
 from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset
 from encoder import nt_xent, reparameterise
 from linear_probe import linear_probe, participation_ratio
-from runtime import autocast, exit_on, pick_device
+from runtime import (StopRequest, autocast, check_numbers, count_step_flops, exit_on, lock_run_folder,
+                     peak_bf16_flops, pick_device, prepare_out)
 from sde import VESDE, dsm_loss, kl_to_standard_normal
 
 OBJECTIVES = ("drl", "vdrl", "score", "ae", "vae", "simclr_gauss")
@@ -131,22 +130,10 @@ def parse_args(argv=None):
 
 def check_args(p, args):
     """One argparse-style line for every value that would fail later, or train silently on nonsense."""
-    positive = ("latent_dim", "ch", "num_res_blocks", "steps", "batch_size", "log_every", "save_every", "eval_n",
-                "lr", "ema", "sigma_min", "sigma_max", "temperature", "p_std", "grad_clip", "save_minutes")
-    for name in positive:
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value > 0):
-            p.error(f"--{name.replace('_', '-')} must be a positive number, not {value}")
-    for name in ("warmup", "probe_n", "benchmark", "l1", "decorr", "dropout", "aug_std"):
-        value = getattr(args, name)
-        if not (math.isfinite(value) and value >= 0):
-            p.error(f"--{name.replace('_', '-')} must be zero or positive, not {value}")
-    if args.kl is not None and not (math.isfinite(args.kl) and args.kl >= 0):
-        p.error(f"--kl must be zero or positive, not {args.kl}")
-    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
-        p.error(f"--minutes must be a positive number, not {args.minutes}")
-    if args.enc_ch is not None and args.enc_ch <= 0:
-        p.error(f"--enc-ch must be positive, not {args.enc_ch}")
+    check_numbers(p, args, positive=("latent_dim", "ch", "enc_ch", "num_res_blocks", "steps", "batch_size",
+                                     "log_every", "save_every", "eval_n", "lr", "ema", "sigma_min", "sigma_max",
+                                     "temperature", "p_std", "grad_clip", "save_minutes", "minutes"),
+                  non_negative=("warmup", "probe_n", "benchmark", "l1", "kl", "decorr", "dropout", "aug_std"))
     if not args.ema < 1:
         p.error(f"--ema must lie in (0, 1), not {args.ema}")
     if not args.sigma_min < args.sigma_max:
@@ -393,39 +380,6 @@ def benchmark(tr, n_steps):
               f"{flops / 1e9:.3f} GFLOP/image, {flops * ips / 1e12:.3f} TFLOP/s{mfu}{mem}")
 
 
-class StopRequest:
-    """SIGINT/SIGTERM: the first asks the loop to save and exit after the current step; a second
-    Ctrl-C exits at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
-
-    def handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        print(f"\n{signal.Signals(signum).name}: saving after this step (Ctrl-C again to quit at once)", flush=True)
-
-    def restore(self):
-        for s, handler in self.old.items():
-            signal.signal(s, handler)
-
-
-def lock_run_folder(out):
-    """Hold OUT/.lock for this process's life; a second run into the same folder is refused. The
-    operating system releases the lock when the process dies, so a killed run never leaves it stuck."""
-    out.mkdir(parents=True, exist_ok=True)
-    handle = open(out / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise CheckpointError(f"{out} is in use by another train_drl.py run; wait for it or pass another --out")
-    for stale in out.glob("ckpt.pt.*tmp"):  # left by a run killed while writing
-        stale.unlink()
-    return handle
-
-
 def write_row(path, row):
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
@@ -583,27 +537,6 @@ def finish(world, nets):
     if world > 1:
         dist.destroy_process_group()
     return nets.get("score_net"), nets.get("encoder")
-
-
-def peak_bf16_flops(device):
-    """Dense bf16 peak of known GPUs (vendor data sheets, per device), or None: the MFU denominator."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
-                      ("L40S", 362e12), ("4090", 165e12)):
-        if key in name:
-            return peak
-    return None
-
-
-def count_step_flops(loss_fn, x0):
-    """FLOPs of one training step's forward and backward, counted by torch.utils.flop_counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        loss, reg = loss_fn(x0)
-        (loss + reg).backward()
-    return counter.get_total_flops()
 
 
 if __name__ == "__main__":

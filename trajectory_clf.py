@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from checkpoint import CheckpointError, cached_codes, checkpoint_key, encode_images, load_run
 from data import DataError, load_dataset
-from runtime import exit_on, pick_device
+from runtime import check_numbers, exit_on, float_list, pick_device, prepare_out
 
 
 # ---- the downstream models: each maps a trajectory batch (B, K, D) to class logits ----
@@ -262,7 +262,9 @@ def parse_args(argv=None):
         args.device = str(pick_device(args.device))
     except ValueError as e:
         p.error(str(e))
-    args.lrs = [float(v) for v in args.lrs.split(",")]
+    check_numbers(p, args, positive=("epochs", "seeds", "nmi_steps", "nmi_lr", "nmi_n", "max_train", "max_test"),
+                  in_unit=("val_frac",))
+    args.lrs = float_list(p, args.lrs, "--lrs", 1e-12)
     if args.points < 2:
         p.error("--points must be at least 2")
     return args
@@ -271,7 +273,7 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    out = Path(args.out)
+    out = prepare_out(args.out)
     with exit_on(DataError, CheckpointError):
         _, encoder, _, ckpt = load_run(args.ckpt, device)
         if encoder is None or not encoder.time_cond:

@@ -22,6 +22,10 @@ ROOT = Path(__file__).resolve().parent.parent
 # drl 315 images/s, ae 1096, vae 1089, simclr_gauss 1242 (train_drl.py --benchmark 30, README)
 STEPS_15_MIN = dict(drl=4400, ae=15400, vae=15300, simclr_gauss=17500)
 EDM = ["--precond", "edm", "--weighting", "edm"]
+# every row starts from the papers' loss at the cpu preset's size (the state before this ablation),
+# so the rows stay the same whatever the cpu preset's defaults become; later flags override earlier
+PAPER_LOSS = ["--precond", "paper", "--weighting", "paper", "--t-sampling", "uniform", "--no-latent-norm",
+              "--no-code-map", "--lr", "2e-4", "--l1", "1e-5"]
 GRIDS = {
     "space": {  # round 2: how the code enters the score net (the cpu preset's networks)
         "norm_lr": ["--latent-norm", "--lr", "1e-3"],
@@ -36,6 +40,10 @@ GRIDS = {
         "map_norm_lr_decorr": ["--code-map", "--latent-norm", "--lr", "1e-3", "--decorr", "1"],
         "edm_map_norm_lr_decorr": EDM + ["--code-map", "--latent-norm", "--lr", "1e-3", "--decorr", "1"],
         "ae": ["--objective", "ae"],
+    },
+    "winner": {  # the cpu preset: round 3's best without the unstable decorrelation term and L1
+        "winner": EDM + ["--t-sampling", "sigma", "--code-map", "--latent-norm", "--lr", "1e-3", "--l1", "0"],
+        "winner_uniform": EDM + ["--code-map", "--latent-norm", "--lr", "1e-3", "--l1", "0"],
     },
     "combine": {  # round 3: the best of round 2 at the full budget, and its neighbours
         "best": EDM + ["--code-map", "--latent-norm", "--lr", "1e-3", "--decorr", "1"],
@@ -89,7 +97,7 @@ def main():
     args = p.parse_args(argv)
     rows = GRIDS[args.grid]
     names = args.only.split(",") if args.only else list(rows)
-    jobs = [(f"{n}-s{s}", rows[n] + ["--seed", s]) for n in names for s in args.seeds.split(",")]
+    jobs = [(f"{n}-s{s}", PAPER_LOSS + rows[n] + ["--seed", s]) for n in names for s in args.seeds.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     running, results, t0 = [], {}, time.time()

@@ -82,6 +82,7 @@ def test_missing_data_set_gives_one_line_error(tmp_path, monkeypatch):
         train_drl.main(["--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path) in msg and "--dataset shapes" in msg
+    assert "train-images-idx3-ubyte[.gz]" in msg and "dataset-fashion-mnist" in msg
 
 
 def test_idx_folder_is_read(tmp_path):
