@@ -98,7 +98,7 @@ class StopRequest:
 
     def handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            raise SystemExit(f"{signal.Signals(signum).name} again: quitting without saving; the last save is kept")
         self.requested = True
         print(f"\n{signal.Signals(signum).name}: saving after this step (Ctrl-C again to quit at once)", flush=True)
 
