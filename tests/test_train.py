@@ -241,3 +241,32 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
     lock.close()  # as when the first run's process ends, however it ends
     run(tmp_path, "busy", "--steps", "2")
     assert not list((tmp_path / "busy").glob("*.tmp"))
+
+
+def test_progress_by_time_with_eta_and_a_cpu_hours_note(tmp_path, monkeypatch, capsys):
+    """A clock that jumps 100 s per reading: every step is 'slow', so lines come by time (not by
+    --log-every), saves come by --save-minutes, and the estimate of hours is said once."""
+    import os
+    import signal
+    import types
+    clock = [0.0]
+
+    def tick():
+        clock[0] += 100.0
+        return clock[0]
+
+    monkeypatch.setattr(train_drl, "time", types.SimpleNamespace(time=tick, perf_counter=tick))
+    real_step = train_drl.Training.train_step
+
+    def step_then_interrupt(self, x0):  # a run of hours, stopped by Ctrl-C after 3 steps
+        result = real_step(self, x0)
+        if self.step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(train_drl.Training, "train_step", step_then_interrupt)
+    out = run(tmp_path, "slow", "--steps", "1000", "--log-every", "1000", "--save-every", "1000", "--save-minutes", "1")
+    printed = capsys.readouterr().out
+    rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all("eval_loss" in r for r in rows)  # saved by time
+    assert printed.count("ETA") == 3 and printed.count("needs about") == 1 and "--preset cpu" in printed
