@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -88,6 +89,38 @@ def pc_sample(sde, score_fn, shape, steps=1000, predictor="reverse_diffusion", c
     return (x_mean if denoise else x), steps * (1 + corrector_steps)
 
 
+@torch.no_grad()
+def heun_sample(sde, score_fn, shape, steps=18, rho=7.0, churn=0.0, s_noise=1.0, t_init=1.0, std_min=0.002,
+                x_init=None, device=None):
+    """EDM's sampler (Karras et al. 2022, Algorithm 2): Heun's 2nd-order method on the probability-flow
+    ODE dx/d(std) = -std * score(x, std), over the noise levels std_i = (a + i/(N-1) (b - a))^rho,
+    a = std(t_init)^(1/rho), b = std_min^(1/rho) (EDM's 0.002: below half a grey level of an 8-bit
+    image), then an Euler step to std = 0. With churn > 0 each
+    step first raises std by a factor 1 + gamma, gamma = min(churn / N, sqrt(2) - 1), with fresh noise
+    (s_noise times its nominal std). Returns (samples, score evaluations = 2N - 1 without churn's extras)."""
+    hi, lo = sde.marginal_std(torch.tensor(float(t_init))), torch.tensor(float(std_min))
+    ramp = torch.linspace(0, 1, steps)
+    stds = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
+    stds = torch.cat([stds, torch.zeros(1)]).tolist()
+    x = sde.prior_sampling(shape, t_init, device=device) if x_init is None else x_init
+    gamma = min(churn / steps, 2 ** 0.5 - 1)
+    dx_dstd = lambda x, std: -std * score_fn(x, sde.t_of_std(torch.full((shape[0],), std, device=x.device)))
+    nfe = 0
+    for std, std_next in zip(stds[:-1], stds[1:]):
+        if gamma > 0:  # churn: step back up the noise ladder with fresh noise
+            std_hat = std * (1 + gamma)
+            x = x + (std_hat ** 2 - std ** 2) ** 0.5 * s_noise * torch.randn_like(x)
+            std = std_hat
+        d = dx_dstd(x, std)
+        x_next = x + (std_next - std) * d
+        nfe += 1
+        if std_next > 0:  # Heun's correction; the last step to std = 0 is plain Euler
+            x_next = x + (std_next - std) * 0.5 * (d + dx_dstd(x_next, std_next))
+            nfe += 1
+        x = x_next
+    return x, nfe
+
+
 # ---- the stage ----
 
 def parse_args(argv=None):
@@ -102,7 +135,10 @@ def parse_args(argv=None):
                    help="grid: codes in [-R, R]^2 (default: where test images' codes lie, 2nd-98th percentile)")
     p.add_argument("--t-swap", type=float, default=0.5, help="swap: noise level the images are perturbed to")
     p.add_argument("--nn-eval", action="store_true", help="recon: nearest-neighbour test on 100 test images")
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--sampler", choices=["pc", "heun"], default="pc",
+                   help="pc: predictor-corrector (the papers'); heun: EDM's 2nd-order ODE sampler, 2N-1 evaluations")
+    p.add_argument("--steps", type=int, default=None, help="default 1000 (pc), 18 (heun)")
+    p.add_argument("--churn", type=float, default=0.0, help="heun: EDM's S_churn (0: deterministic)")
     p.add_argument("--predictor", choices=PREDICTORS, default="reverse_diffusion")
     p.add_argument("--corrector-steps", type=int, default=1)
     p.add_argument("--snr", type=float, default=0.16)
@@ -113,7 +149,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    check_numbers(p, args, positive=("n", "per_code", "steps", "snr", "range"), non_negative=("corrector_steps",),
+    args.steps = args.steps or (18 if args.sampler == "heun" else 1000)
+    check_numbers(p, args, positive=("n", "per_code", "steps", "snr", "range"), non_negative=("corrector_steps", "churn"),
                   in_unit=("t_init", "t_swap"))
     try:
         args.device = str(pick_device(args.device))
@@ -162,11 +199,15 @@ def main(argv=None):
         x = images[:n].to(device).float() / 255
         return (x, y[:n].to(device)) if labels else x
 
-    sample_kw = dict(steps=args.steps, predictor=args.predictor, corrector_steps=args.corrector_steps,
-                     snr=args.snr, t_init=args.t_init, denoise=args.denoise, device=device)
+    if args.sampler == "heun":  # sample_fn(sde, score_fn, shape[, x_init, t_init]) -> (x, nfe)
+        sample_fn = partial(heun_sample, steps=args.steps, churn=args.churn, t_init=args.t_init, device=device)
+    else:
+        sample_fn = partial(pc_sample, steps=args.steps, predictor=args.predictor, snr=args.snr,
+                            corrector_steps=args.corrector_steps, t_init=args.t_init, denoise=args.denoise,
+                            device=device)
     info, t0, n_images = {}, time.perf_counter(), 0
     if args.mode == "uncond":
-        x, nfe = pc_sample(sde, score_fn_for(), (args.n * args.n, *shape), **sample_kw)
+        x, nfe = sample_fn(sde, score_fn_for(), (args.n * args.n, *shape))
         grid, nrow, n_images = x, args.n, args.n * args.n
     elif args.mode == "grid":
         if args.range is not None:
@@ -179,35 +220,34 @@ def main(argv=None):
         axes = [torch.linspace(lo[i].item(), hi[i].item(), args.n, device=device) for i in range(2)]
         z1, z2 = torch.meshgrid(axes[0], axes[1].flip(0), indexing="xy")  # z1 grows rightwards, z2 upwards
         z = torch.stack([z1, z2], -1).reshape(-1, 2)
-        x, nfe = pc_sample(sde, score_fn_for(z=z), (len(z), *shape), **sample_kw)
+        x, nfe = sample_fn(sde, score_fn_for(z=z), (len(z), *shape))
         grid, nrow, n_images = x, args.n, len(z)
     elif args.mode == "prior":
         z = torch.randn(args.n * args.n, latent, device=device)
-        x, nfe = pc_sample(sde, score_fn_for(z=z), (len(z), *shape), **sample_kw)
+        x, nfe = sample_fn(sde, score_fn_for(z=z), (len(z), *shape))
         grid, nrow, n_images = x, args.n, len(z)
     elif args.mode in ("recon", "diversity"):
         k = args.per_code if args.mode == "recon" else args.n
         x0 = test_images(args.n if args.mode == "recon" else 1)
         src = x0.repeat_interleave(k, 0)
-        x, nfe = pc_sample(sde, score_fn_for(x0=src), (len(src), *shape), **sample_kw)
+        x, nfe = sample_fn(sde, score_fn_for(x0=src), (len(src), *shape))
         rows = torch.cat([x0[:, None], x.reshape(len(x0), k, *shape)], 1)
         grid, nrow, n_images = rows.flatten(0, 1), k + 1, len(src)
         if args.mode == "recon" and args.nn_eval:
-            info.update(nn_eval(sde, score_fn_for, *test_images(100, labels=True), sample_kw))
+            info.update(nn_eval(sde, score_fn_for, *test_images(100, labels=True), sample_fn))
             n_images += 200
     else:  # swap
         x0 = test_images(2 * args.n)
         a, b = x0[: args.n], x0[args.n:]
         t = torch.full((args.n,), args.t_swap, device=device)
         x_init = sde.perturb(a, t, torch.randn_like(a))
-        x, nfe = pc_sample(sde, score_fn_for(x0=b), (args.n, *shape), x_init=x_init,
-                           **dict(sample_kw, t_init=args.t_swap))
+        x, nfe = sample_fn(sde, score_fn_for(x0=b), (args.n, *shape), x_init=x_init, t_init=args.t_swap)
         grid, nrow, n_images = torch.cat([a, x_init, b, x]), args.n, args.n
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     save_image(grid.clamp(0, 1), out / f"{args.mode}.png", nrow=nrow, padding=1, pad_value=0.5)
-    info = dict(mode=args.mode, ckpt=str(args.ckpt), steps=args.steps, predictor=args.predictor,
+    info = dict(mode=args.mode, ckpt=str(args.ckpt), sampler=args.sampler, steps=args.steps, predictor=args.predictor,
                 corrector_steps=args.corrector_steps, snr=args.snr, t_init=args.t_init,
                 nfe_per_image=nfe, images=n_images, seconds=seconds, images_per_s=n_images / seconds,
                 device=str(device), **info)
@@ -217,7 +257,7 @@ def main(argv=None):
     print(json.dumps(info))
 
 
-def nn_eval(sde, score_fn_for, x0, labels, sample_kw):
+def nn_eval(sde, score_fn_for, x0, labels, sample_fn):
     """Does the code steer the sample? Sample once per source image, conditioned on its own code, then
     on the codes shuffled among the sources (no image keeps its own). For each sample, find the nearest
     source image (pixel L2): how often is it the sample's source (chance 1 / len(x0)), and how often has
@@ -226,7 +266,7 @@ def nn_eval(sde, score_fn_for, x0, labels, sample_kw):
     perm = (torch.arange(n, device=x0.device) + torch.randint(1, n, ()).item()) % n  # no image keeps its code
     result = {}
     for name, codes_of in (("own_code", x0), ("shuffled_codes", x0[perm])):
-        x, _ = pc_sample(sde, score_fn_for(x0=codes_of), x0.shape, **sample_kw)
+        x, _ = sample_fn(sde, score_fn_for(x0=codes_of), x0.shape)
         nearest = torch.cdist(x.flatten(1), x0.flatten(1)).argmin(1)
         result[f"nn_is_source_{name}"] = (nearest == torch.arange(n, device=x0.device)).float().mean().item()
         result[f"nn_same_class_{name}"] = (labels[nearest] == labels).float().mean().item()

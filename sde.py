@@ -31,6 +31,10 @@ class VESDE:
         """Std of p_0t(x_t | x_0): sqrt(sigma(t)^2 - sigma(0)^2)."""
         return torch.sqrt(self.sigma(t) ** 2 - self.sigma_min ** 2)
 
+    def t_of_std(self, std):
+        """The inverse of marginal_std: the time at which the kernel's std is `std`."""
+        return torch.log(torch.sqrt(std ** 2 + self.sigma_min ** 2) / self.sigma_min) / self.log_ratio
+
     def perturb(self, x0, t, noise):
         """x_t = x_0 + marginal_std(t) * noise, a sample of p_0t(x_t | x_0)."""
         return x0 + _bc(self.marginal_std(t), x0) * noise
