@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from checkpoint import CheckpointError, load_run  # noqa: E402
 from data import DataError, load_dataset  # noqa: E402
-from runtime import exit_on  # noqa: E402
+from runtime import exit_on, pick_device  # noqa: E402
 from sde import dsm_loss  # noqa: E402
 
 
@@ -40,8 +40,9 @@ def main():
     p.add_argument("ckpts", nargs="+")
     p.add_argument("--n", type=int, default=1000, help="test images")
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
     args = p.parse_args()
+    args.device = pick_device(args.device)
     ts = [round(0.05 * i, 2) for i in range(1, 21)]
     table = {}
     with exit_on(DataError, CheckpointError):

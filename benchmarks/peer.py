@@ -14,12 +14,12 @@ on CUDA, fused AdamW, torch.compile) for both. Prints images/s and the ratios.
 import argparse
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from runtime import autocast, pick_device  # noqa: E402
 from sde import VESDE, dsm_loss  # noqa: E402
 from unet import UNet  # noqa: E402
 
@@ -36,14 +36,14 @@ def time_steps(model, forward, args, device, optimised):
     if optimised:
         model.compile()
     opt = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=optimised)
-    autocast = torch.autocast("cuda", torch.bfloat16) if optimised and device.type == "cuda" else nullcontext()
+    ctx = autocast(device, "bf16" if optimised else "off")
     x0 = torch.rand(args.batch_size, 1, 28, 28, device=device).contiguous(memory_format=fmt)
 
     def step():
         t = sde.sample_t(args.batch_size, device=device)
         noise = torch.randn_like(x0)
         std = sde.marginal_std(t)
-        with autocast:
+        with ctx:
             score = forward(model, sde.perturb(x0, t, noise), t, std)
         dsm_loss(score, noise, std).mean().backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -64,7 +64,7 @@ def time_steps(model, forward, args, device, optimised):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=5)
@@ -75,7 +75,7 @@ def main():
     args = p.parse_args()
     from denoising_diffusion_pytorch import Unet  # the peer, imported only here
 
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     mult = tuple(int(m) for m in args.ch_mult.split(","))
