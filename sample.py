@@ -150,8 +150,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.steps = args.steps or (18 if args.sampler == "heun" else 1000)
-    check_numbers(p, args, positive=("n", "per_code", "steps", "snr", "range"), non_negative=("corrector_steps", "churn"),
-                  in_unit=("t_init", "t_swap"))
+    check_numbers(p, args, positive=("n", "per_code", "steps", "snr", "range"),
+                  non_negative=("corrector_steps", "churn"), in_unit=("t_init", "t_swap"))
     try:
         args.device = str(pick_device(args.device))
     except ValueError as e:

@@ -15,8 +15,9 @@ activations from sigma = 0.01 to 50. The network F's output becomes a score in o
   c_out = std sigma_data / sqrt(std^2 + sigma_data^2) (Karras et al. 2022), score = (D - x) / std^2.
   F's target has unit variance at every std, and at high noise D is F read as an image.
 With code_map, the code's embedding is also projected to a coarse ch-channel image, upsampled and
-added after the stem: FiLM alone gives every pixel the same modulation. With latent_norm, z is layer-normalised (no affine) before its embedding: the score net sees every
-code at one scale, whatever the encoder's output scale (a measured lever, beyond the papers).
+added after the stem: FiLM alone gives every pixel the same modulation. With latent_norm, z is
+layer-normalised (no affine) before its embedding: the score net sees every code at one scale,
+whatever the encoder's output scale. Both are measured levers beyond the papers (README).
 """
 import math
 

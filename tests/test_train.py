@@ -20,7 +20,8 @@ def run(tmp_path, name, *extra):
 
 
 @pytest.mark.parametrize("objective,extra", [("drl", []), ("vdrl", ["--latent-dim", "2"]),
-                                             ("drl", ["--time-cond", "--t-sampling", "uniform"]), ("drl", ["--preset", "paper"]), ("score", [])])
+                                             ("drl", ["--time-cond", "--t-sampling", "uniform"]),
+                                             ("drl", ["--preset", "paper"]), ("score", [])])
 def test_end_to_end_and_checkpoint_round_trip(tmp_path, objective, extra):
     out = run(tmp_path, objective, "--objective", objective, "--steps", "4", "--save-every", "4", *extra)
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)  # plain tensors and primitives only
@@ -220,7 +221,8 @@ def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("flags,says", [
     (["--steps", "-5"], "--steps must be a positive"), (["--batch-size", "0"], "--batch-size must be a positive"),
-    (["--t-fixed", "-1"], "--t-fixed must lie in"), (["--t-sampling", "fixed", "--t-fixed", "2"], "--t-fixed must lie in"),
+    (["--t-fixed", "-1"], "--t-fixed must lie in"),
+    (["--t-sampling", "fixed", "--t-fixed", "2"], "--t-fixed must lie in"),
     (["--t-fixed", "0"], "--t-fixed must lie in"), (["--latent-dim", "0"], "--latent-dim must be a positive"),
     (["--lr", "nan"], "--lr must be a positive"), (["--save-every", "0"], "--save-every must be a positive"),
     (["--eval-n", "0"], "--eval-n must be a positive"), (["--sigma-min", "0"], "--sigma-min must be a positive"),
