@@ -135,6 +135,8 @@ def parse_args(argv=None):
                    help="grid: codes in [-R, R]^2 (default: where test images' codes lie, 2nd-98th percentile)")
     p.add_argument("--t-swap", type=float, default=0.5, help="swap: noise level the images are perturbed to")
     p.add_argument("--nn-eval", action="store_true", help="recon: nearest-neighbour test on 100 test images")
+    p.add_argument("--save-tensor", action="store_true",
+                   help="also write OUT/MODE.pt: the samples (and, for recon, their sources' labels)")
     p.add_argument("--sampler", choices=["pc", "heun"], default="pc",
                    help="pc: predictor-corrector (the papers'); heun: EDM's 2nd-order ODE sampler, 2N-1 evaluations")
     p.add_argument("--steps", type=int, default=None, help="default 1000 (pc), 18 (heun)")
@@ -228,8 +230,8 @@ def main(argv=None):
         grid, nrow, n_images = x, args.n, len(z)
     elif args.mode in ("recon", "diversity"):
         k = args.per_code if args.mode == "recon" else args.n
-        x0 = test_images(args.n if args.mode == "recon" else 1)
-        src = x0.repeat_interleave(k, 0)
+        x0, y0 = test_images(args.n if args.mode == "recon" else 1, labels=True)
+        src, source_labels = x0.repeat_interleave(k, 0), y0.repeat_interleave(k, 0)
         x, nfe = sample_fn(sde, score_fn_for(x0=src), (len(src), *shape))
         rows = torch.cat([x0[:, None], x.reshape(len(x0), k, *shape)], 1)
         grid, nrow, n_images = rows.flatten(0, 1), k + 1, len(src)
@@ -247,6 +249,11 @@ def main(argv=None):
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     save_image(grid.clamp(0, 1), out / f"{args.mode}.png", nrow=nrow, padding=1, pad_value=0.5)
+    if args.save_tensor:  # the samples themselves, for benchmarks/sample_quality.py
+        saved = dict(samples=x.cpu())
+        if args.mode == "recon":
+            saved["labels"] = source_labels.cpu()  # each sample's source image's class
+        torch.save(saved, out / f"{args.mode}.pt")
     info = dict(mode=args.mode, ckpt=str(args.ckpt), sampler=args.sampler, steps=args.steps, predictor=args.predictor,
                 corrector_steps=args.corrector_steps, snr=args.snr, t_init=args.t_init,
                 nfe_per_image=nfe, images=n_images, seconds=seconds, images_per_s=n_images / seconds,
