@@ -151,7 +151,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    args.steps = args.steps or (18 if args.sampler == "heun" else 1000)
+    if args.steps is None:
+        args.steps = 18 if args.sampler == "heun" else 1000
     check_numbers(p, args, positive=("n", "per_code", "steps", "snr", "range"),
                   non_negative=("corrector_steps", "churn"), in_unit=("t_init", "t_swap"))
     try:
