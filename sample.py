@@ -135,6 +135,8 @@ def parse_args(argv=None):
                    help="grid: codes in [-R, R]^2 (default: where test images' codes lie, 2nd-98th percentile)")
     p.add_argument("--t-swap", type=float, default=0.5, help="swap: noise level the images are perturbed to")
     p.add_argument("--nn-eval", action="store_true", help="recon: nearest-neighbour test on 100 test images")
+    p.add_argument("--shuffle-codes", action="store_true",
+                   help="recon: condition each source on another source's code (the chance level of class agreement)")
     p.add_argument("--save-tensor", action="store_true",
                    help="also write OUT/MODE.pt: the samples (and, for recon, their sources' labels)")
     p.add_argument("--sampler", choices=["pc", "heun"], default="pc",
@@ -153,6 +155,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.steps is None:
         args.steps = 18 if args.sampler == "heun" else 1000
+    if args.shuffle_codes and (args.mode != "recon" or args.n < 2):
+        p.error("--shuffle-codes needs --mode recon and --n 2 or more (the codes are shuffled among the sources)")
     check_numbers(p, args, positive=("n", "per_code", "steps", "snr", "range"),
                   non_negative=("corrector_steps", "churn"), in_unit=("t_init", "t_swap"))
     try:
@@ -183,6 +187,9 @@ def main(argv=None):
         raise SystemExit(f"error: --mode {args.mode} needs {what}; {args.ckpt} is a {run['objective']} run "
                          f"with latent_dim {latent}")
     shape = tuple(ckpt["config"]["score_net"][k] for k in ("in_ch", "image_size", "image_size"))
+    if run.get("t_sampling") == "sigma":  # P(sigma < 1) = 2%: the last stretch of every sample is barely trained
+        print("note: this run drew sigma uniformly in training (the cpu preset's choice for codes), so its score net "
+              "saw few noise levels below 1 and samples keep a grain; for samples train with --t-sampling uniform")
 
     def score_fn_for(z=None, x0=None):
         """s(x, t, z) with a fixed code z, or the code of clean images x0 (recomputed per t if the
@@ -232,7 +239,8 @@ def main(argv=None):
     elif args.mode in ("recon", "diversity"):
         k = args.per_code if args.mode == "recon" else args.n
         x0, y0 = test_images(args.n if args.mode == "recon" else 1, labels=True)
-        src, source_labels = x0.repeat_interleave(k, 0), y0.repeat_interleave(k, 0)
+        donors = x0[derangement(len(x0), device)] if args.shuffle_codes else x0  # whose code each source gets
+        src, source_labels = donors.repeat_interleave(k, 0), y0.repeat_interleave(k, 0)
         x, nfe = sample_fn(sde, score_fn_for(x0=src), (len(src), *shape))
         rows = torch.cat([x0[:, None], x.reshape(len(x0), k, *shape)], 1)
         grid, nrow, n_images = rows.flatten(0, 1), k + 1, len(src)
@@ -256,7 +264,8 @@ def main(argv=None):
             saved["labels"] = source_labels.cpu()  # each sample's source image's class
         torch.save(saved, out / f"{args.mode}.pt")
     info = dict(mode=args.mode, ckpt=str(args.ckpt), sampler=args.sampler, steps=args.steps, predictor=args.predictor,
-                corrector_steps=args.corrector_steps, snr=args.snr, t_init=args.t_init,
+                corrector_steps=args.corrector_steps, snr=args.snr, churn=args.churn, t_init=args.t_init,
+                shuffle_codes=args.shuffle_codes,
                 nfe_per_image=nfe, images=n_images, seconds=seconds, images_per_s=n_images / seconds,
                 device=str(device), **info)
     if device.type == "cuda":
@@ -265,13 +274,18 @@ def main(argv=None):
     print(json.dumps(info))
 
 
+def derangement(n, device):
+    """A random cyclic shift of 0..n-1 by 1..n-1 places: a permutation in which nothing stays put."""
+    return (torch.arange(n, device=device) + torch.randint(1, n, ()).item()) % n
+
+
 def nn_eval(sde, score_fn_for, x0, labels, sample_fn):
     """Does the code steer the sample? Sample once per source image, conditioned on its own code, then
     on the codes shuffled among the sources (no image keeps its own). For each sample, find the nearest
     source image (pixel L2): how often is it the sample's source (chance 1 / len(x0)), and how often has
     it the source's class label? Shuffled codes give the chance level of both."""
     n = len(x0)
-    perm = (torch.arange(n, device=x0.device) + torch.randint(1, n, ()).item()) % n  # no image keeps its code
+    perm = derangement(n, x0.device)
     result = {}
     for name, codes_of in (("own_code", x0), ("shuffled_codes", x0[perm])):
         x, _ = sample_fn(sde, score_fn_for(x0=codes_of), x0.shape)

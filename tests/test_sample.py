@@ -124,6 +124,22 @@ def test_baseline_without_score_net_is_one_line_error(tmp_path, tiny_run):
         sample.main(["--ckpt", tiny_run("ae"), "--mode", "recon", "--out", str(tmp_path), "--device", "cpu"])
 
 
+def test_shuffled_codes_change_only_the_code(tmp_path, runs, monkeypatch):
+    """--shuffle-codes conditions source i on another source's code and keeps source i's label: with the
+    derangement replaced by the identity the samples are those of the sources' own codes."""
+    def recon(name, *extra):
+        sample.main(["--ckpt", str(runs["tc"]), "--mode", "recon", "--sampler", "heun", "--steps", "3", "--n", "4",
+                     "--per-code", "2", "--save-tensor", "--out", str(tmp_path / name), "--device", "cpu", *extra])
+        return torch.load(tmp_path / name / "recon.pt")
+    own, shuffled = recon("own"), recon("shuffled", "--shuffle-codes")
+    assert torch.equal(own["labels"], shuffled["labels"]) and not torch.allclose(own["samples"], shuffled["samples"])
+    assert json.loads((tmp_path / "shuffled" / "recon.json").read_text())["shuffle_codes"] is True
+    monkeypatch.setattr(sample, "derangement", lambda n, device: torch.arange(n, device=device))
+    assert torch.equal(recon("identity", "--shuffle-codes")["samples"], own["samples"])
+    with pytest.raises(SystemExit):
+        sample.main(["--ckpt", str(runs["tc"]), "--mode", "swap", "--shuffle-codes", "--out", str(tmp_path)])
+
+
 def test_heun_sampler_in_the_stage(tmp_path, runs):
     sample.main(["--ckpt", str(runs["tc"]), "--mode", "swap", "--sampler", "heun", "--steps", "3", "--n", "2",
                  "--out", str(tmp_path), "--device", "cpu"])
