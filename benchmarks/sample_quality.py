@@ -12,7 +12,8 @@ accuracy is printed and saved) and cached as OUT/classifier.pt. From it, for a t
   class of a sample is its source image's class;
 - saturation: the fraction of pixels at 0 or 255 after clipping and rounding to 8 bits, for samples
   and test images (which are stored that way); and white: the fraction at 255 alone.
-The Fréchet distance between two sets of N test images (fd_test_vs_test) is the floor at that N.
+The Fréchet distance between two sets of N test images (fd_test_vs_test) is the level of an
+independent set at that N; recon samples, drawn from the reference images' codes, can come closer.
 Appends a JSON line per samples file to OUT/quality.jsonl.
 """
 import argparse
@@ -133,7 +134,7 @@ def main(argv=None):
         f_real, _ = features_and_classes(net, real)
         row = dict(samples=str(path), n=n, classifier_test_accuracy=accuracy,
                    fd=frechet_distance(f_samples, f_real[:n]),
-                   fd_test_vs_test=frechet_distance(f_real[n:], f_real[:n]),  # the floor at this N
+                   fd_test_vs_test=frechet_distance(f_real[n:], f_real[:n]),  # N independent images
                    saturation_samples=saturation(x), saturation_test_images=saturation(real[:n]),
                    white_samples=saturation(x, [255]), white_test_images=saturation(real[:n], [255]))
         if "labels" in saved:

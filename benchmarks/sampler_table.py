@@ -6,7 +6,7 @@
 
 Each row is a sample.py command (`recon` mode, one sample per test image, the first N test images as
 sources, seed 0 unless --seed) whose samples benchmarks/sample_quality.py scores: Fréchet distance of the
-classifier's features against N test images (and the floor: N other test images), class agreement
+classifier's features against N test images (and that of N other test images), class agreement
 with the source, saturation (pixels at 0 or 255, and at 255 alone). A row already sampled (its recon.pt exists) is scored without sampling
 again, so a table can be filled in pieces. Prints a markdown table and writes OUT/table.jsonl.
 """
@@ -73,7 +73,7 @@ def main(argv=None):
             table.append(dict(ckpt=name, row=row, seed=args.seed, nfe=run["nfe_per_image"], seconds=run["seconds"], **quality))
     with open(out / "table.jsonl", "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in table)
-    print(f"\nN = {args.n} samples per row; FD of N test images against N others (the floor): "
+    print(f"\nN = {args.n} samples per row; FD of N test images against N others (an independent set): "
           f"{table[0]['fd_test_vs_test']:.2f}; classifier test accuracy {table[0]['classifier_test_accuracy']:.3f}; "
           f"test images' pixels at 0 or 255: {table[0]['saturation_test_images']:.3f}, "
           f"at 255: {table[0]['white_test_images']:.4f}\n")

@@ -52,7 +52,7 @@ def test_recon_samples_scored_end_to_end(tmp_path, tiny_run):
 def test_test_images_scored_as_samples(tmp_path):
     """Through the whole measure: the first N test images, as samples with their labels, are at Fréchet
     distance 0 from themselves, their class agreement is the classifier's accuracy on them, and N other
-    test images give the small positive floor."""
+    test images are at a small positive distance."""
     test_images, test_labels = load_dataset("shapes", train=False)
     n = len(test_images) // 2
     torch.save(dict(samples=test_images[:n].float() / 255, labels=test_labels[:n]), tmp_path / "test.pt")
