@@ -53,7 +53,7 @@ def main(argv=None):
     if unknown:
         raise SystemExit(f"error: unknown rows {unknown}; choose from {', '.join(ROWS)}")
     out = Path(args.out)
-    table = []
+    sampled = []  # (checkpoint name, row, folder)
     for spec in args.ckpts:
         name, ckpt = spec.split("=", 1) if "=" in spec else (Path(spec).parent.name, spec)
         if not Path(ckpt).exists():
@@ -66,11 +66,16 @@ def main(argv=None):
                        "--seed", str(args.seed), *ROWS[row]]
                 print(" ".join(cmd[1:]), flush=True)
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-            run = json.loads((folder / "recon.json").read_text())
-            quality = sample_quality.main([str(folder / "recon.pt"), "--dataset", args.dataset, "--data-dir",
-                                           args.data_dir, "--out", str(out), "--device", args.device,
-                                           "--epochs", str(args.epochs)])[0]
-            table.append(dict(ckpt=name, row=row, seed=args.seed, nfe=run["nfe_per_image"], seconds=run["seconds"], **quality))
+            sampled.append((name, row, folder))
+    # one scoring pass: the test set and the classifier are loaded once
+    qualities = sample_quality.main([*(str(folder / "recon.pt") for _, _, folder in sampled), "--dataset", args.dataset,
+                                     "--data-dir", args.data_dir, "--out", str(out), "--device", args.device,
+                                     "--epochs", str(args.epochs)])
+    table = []
+    for (name, row, folder), quality in zip(sampled, qualities):
+        run = json.loads((folder / "recon.json").read_text())
+        table.append(dict(ckpt=name, row=row, seed=args.seed, nfe=run["nfe_per_image"], seconds=run["seconds"],
+                          **quality))
     with open(out / "table.jsonl", "a") as f:
         f.writelines(json.dumps(r) + "\n" for r in table)
     print(f"\nN = {args.n} samples per row; FD of N test images against N others (an independent set): "
