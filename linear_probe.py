@@ -15,7 +15,9 @@ def standardise(train, *others):
 
 def fit_logistic(x, y, n_classes, weight_decay, max_iter=100):
     """Multinomial logistic regression: minimise cross-entropy + weight_decay / 2 * ||W||^2 by L-BFGS."""
-    layer = nn.Linear(x.shape[1], n_classes).to(x.device)
+    # built without drawing from the global RNG (then zeroed): probing a run mid-training must not
+    # change its random stream, or a resumed run would not repeat an unbroken one
+    layer = nn.utils.skip_init(nn.Linear, x.shape[1], n_classes, device=x.device)
     nn.init.zeros_(layer.weight)
     nn.init.zeros_(layer.bias)
     opt = torch.optim.LBFGS(layer.parameters(), lr=1, max_iter=max_iter, history_size=10,

@@ -448,10 +448,13 @@ def train(tr, out):
     last_saved = tr.step if tr.ckpt_path.exists() else None
     last_save_time = last_log = time.time()
     sum_loss, sum_reg, n_sum, t0 = 0.0, 0.0, 0, time.perf_counter()
-    out_of_time, warned = tr.train_seconds >= budget, False
+    out_of_time, warned, stopping = tr.train_seconds >= budget, False, False
     try:
         while tr.step < args.steps and not out_of_time:
             loss, reg = tr.train_step(tr.next_batch())
+            # read the stop request once per step: a signal that lands later in this iteration (during
+            # the log line, the eval or the save) is acted on after the next step, with its own save
+            stopping = stop.requested
             sum_loss, sum_reg, n_sum = sum_loss + loss, sum_reg + reg, n_sum + 1
             # Time-based decisions (log every 30 s, save every --save-minutes, the --minutes budget) are
             # rank 0's clock, shared so that every DDP process takes the same branch; checked every 10
@@ -461,7 +464,7 @@ def train(tr, out):
             out_of_time = check_time and world_agrees(tr, elapsed >= budget)
             save_time = check_time and world_agrees(tr, now - last_save_time > 60 * args.save_minutes)
             log_time = check_time and world_agrees(tr, now - last_log > 30)
-            at_save = (tr.step % args.save_every == 0 or tr.step >= args.steps or stop.requested
+            at_save = (tr.step % args.save_every == 0 or tr.step >= args.steps or stopping
                        or out_of_time or save_time)
             if not (at_save or log_time or tr.step % args.log_every == 0):
                 continue
@@ -492,13 +495,13 @@ def train(tr, out):
                     print(f"note: this run needs about {eta_seconds(tr, budget) / 3600:.0f} hours on this CPU; "
                           f"--preset cpu trains in 15 minutes, or cap any run with --minutes M", flush=True)
             sum_loss, sum_reg, n_sum, t0, last_log = 0.0, 0.0, 0, time.perf_counter(), time.time()
-            if stop.requested:
+            if stopping:
                 if rank == 0:
                     print(f"stopped at step {tr.step}; {tr.ckpt_path} is saved: run the same command to resume")
                 break
     finally:
         stop.restore()
-    if rank == 0 and not stop.requested:
+    if rank == 0 and not stopping:
         print(f"done: step {tr.step}, {tr.train_seconds / 60:.1f} min of training; {tr.ckpt_path}")
 
 

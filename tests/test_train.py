@@ -43,9 +43,11 @@ def test_end_to_end_and_checkpoint_round_trip(tmp_path, objective, extra):
 
 
 def test_resume_continues_exactly(tmp_path):
-    straight = run(tmp_path, "straight", "--steps", "6", "--save-every", "3")
-    resumed = run(tmp_path, "resumed", "--steps", "3", "--save-every", "3")
-    run(tmp_path, "resumed", "--steps", "6", "--save-every", "3")
+    """Bit-exact with the probe on: probing at a save must not draw from the training RNG."""
+    probe = ["--probe-n", "40"]
+    straight = run(tmp_path, "straight", "--steps", "6", "--save-every", "3", *probe)
+    resumed = run(tmp_path, "resumed", "--steps", "3", "--save-every", "3", *probe)
+    run(tmp_path, "resumed", "--steps", "6", "--save-every", "3", *probe)
     a = torch.load(straight / "ckpt.pt", weights_only=True)
     b = torch.load(resumed / "ckpt.pt", weights_only=True)
     assert b["step"] == 6
@@ -191,15 +193,46 @@ def test_sigint_saves_and_the_run_resumes_exactly(tmp_path, monkeypatch):
         return result
 
     monkeypatch.setattr(train_drl.Training, "train_step", step_then_interrupt)
+    inherited = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN under nohup
     out = run(tmp_path, "stopped", "--steps", "6", "--save-every", "100")
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 3
     monkeypatch.setattr(train_drl.Training, "train_step", real_step)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is inherited  # the handler is put back
     run(tmp_path, "stopped", "--steps", "6", "--save-every", "100")
     a, b = (torch.load(p / "ckpt.pt", weights_only=True) for p in (straight, out))
     assert b["step"] == 6 and all(torch.equal(a["ema_encoder"][k], v) for k, v in b["ema_encoder"].items())
     steps = [json.loads(line)["step"] for line in (out / "stats.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps))  # no duplicate rows after the resume
+
+
+@pytest.mark.parametrize("where", ["after_progress_line", "during_eval", "during_save"])
+def test_a_stop_saves_the_step_it_names_wherever_the_signal_lands(tmp_path, monkeypatch, capsys, where):
+    """SIGINT in a run that logs every 2 steps and saves every 4: right after the progress line of
+    step 2 is written (no save due), during the eval before the save of step 4, or in that save."""
+    import os
+    import signal
+    target = {"after_progress_line": (train_drl, "write_row"), "during_eval": (train_drl.Training, "eval_loss"),
+              "during_save": (train_drl.Training, "save")}[where]
+    real = getattr(*target)
+    sent = []
+
+    at = 2 if where == "after_progress_line" else 4
+
+    def interrupt(*a, **k):
+        step = getattr(a[0], "step", None) if where != "after_progress_line" else a[1]["step"]
+        if step == at and not sent:
+            sent.append(step)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+
+    monkeypatch.setattr(*target, interrupt)
+    out = run(tmp_path, where, "--steps", "20", "--save-every", "4", "--log-every", "2")
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("stopped at step")]
+    assert sent and len(said) == 1
+    named = int(said[0].split()[3].rstrip(";"))
+    assert named in (at, at + 1) and torch.load(out / "ckpt.pt", weights_only=True)["step"] == named
+    steps = [json.loads(line)["step"] for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert steps[-1] == named
 
 
 def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
