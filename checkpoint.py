@@ -25,12 +25,13 @@ class CheckpointError(Exception):
 
 
 def save_atomic(obj, path):
-    """torch.save to a temporary file beside `path` (named for this process, so two writers never
-    share one), then rename: a crash never leaves half a file, and the old file stays until then."""
+    """torch.save (a str: as text) to a temporary file beside `path` (named for this process, so two
+    writers never share one), then rename: a crash never leaves half a file, and the old file stays
+    until then."""
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
-        torch.save(obj, tmp)
+        tmp.write_text(obj) if isinstance(obj, str) else torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

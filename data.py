@@ -40,10 +40,16 @@ def find_idx(folder, stem):
     return None
 
 
-def idx_folders(name, data_dir):
+DEFAULT_DATA_DIR = "./data"
+
+
+def idx_folders(name, data_dir=None):
+    """Where IDX files may lie: in data_dir (or its torchvision layout); with data_dir None, in ./data
+    and then the system's copy. A folder the user names is the only place looked in."""
     torchvision_name = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
-    return [Path(data_dir), Path(data_dir) / name, Path(data_dir) / torchvision_name / "raw",
-            *map(Path, SYSTEM_IDX_DIRS.get(name, []))]
+    root = Path(data_dir or DEFAULT_DATA_DIR)
+    system = [] if data_dir else list(map(Path, SYSTEM_IDX_DIRS.get(name, [])))
+    return [root, root / name, root / torchvision_name / "raw", *system]
 
 
 def make_shapes(n, seed=0, size=28):
@@ -88,32 +94,48 @@ def missing_message(name, data_dir, error):
         files = ", ".join(f"{stem}[.gz]" for stem in IDX_FILES[True] + IDX_FILES[False])
         need = f"put {files} in one of them or pass --data-dir"
     else:
-        looked, need = data_dir, "copy torchvision's copy of it there or pass --data-dir"
+        looked, need = data_dir or DEFAULT_DATA_DIR, "copy torchvision's copy of it there or pass --data-dir"
     offline = ("`apt-get install dataset-fashion-mnist`" if name == "fashion_mnist" else
                "--dataset fashion_mnist after `apt-get install dataset-fashion-mnist`")
     return (f"{name}: not found in {looked} and the download failed ({type(error).__name__}): {need}; "
             f"offline, use {offline}, or --dataset shapes (made in code)")
 
 
-def load_dataset(name, data_dir="./data", train=True):
-    """Return (images uint8 (N, C, H, W), labels int64 (N,)). Raises DataError with a one-line fix."""
+def idx_paths(name, data_dir, train):
+    """The (images, labels) IDX files of an MNIST-like set, from the first folder that holds both; or None."""
+    for folder in idx_folders(name, data_dir):
+        paths = [find_idx(folder, stem) for stem in IDX_FILES[train]]
+        if all(paths):
+            return paths
+    return None
+
+
+def data_source(name, data_dir=None):
+    """Where load_dataset reads `name` from, for the first line of a run: a folder, or how it is made."""
+    if name == "shapes":
+        return "made in code"
+    paths = idx_paths(name, data_dir, True) if name in ("mnist", "fashion_mnist") else None
+    return str(paths[0].parent) if paths else str(Path(data_dir or DEFAULT_DATA_DIR))
+
+
+def load_dataset(name, data_dir=None, train=True):
+    """Return (images uint8 (N, C, H, W), labels int64 (N,)). data_dir None: ./data, then the system's
+    copy (Fashion-MNIST from Debian), then a download into ./data. Raises DataError with a one-line fix."""
     if name == "shapes":
         images, labels, _ = make_shapes(*SHAPES_SPLITS[train])
         return images, labels
     if name in ("mnist", "fashion_mnist"):
-        folders = idx_folders(name, data_dir)
-        for folder in folders:
-            paths = [find_idx(folder, stem) for stem in IDX_FILES[train]]
-            if all(paths):
-                images, labels = (torch.from_numpy(read_idx(p).copy()) for p in paths)
-                return images[:, None], labels.long()
+        paths = idx_paths(name, data_dir, train)
+        if paths:
+            images, labels = (torch.from_numpy(read_idx(p).copy()) for p in paths)
+            return images[:, None], labels.long()
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")
     import torchvision  # only for the downloads
     cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
            "cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
     try:
-        ds = cls(root=data_dir, train=train, download=True)
+        ds = cls(root=data_dir or DEFAULT_DATA_DIR, train=train, download=True)
     except Exception as e:  # offline, or a broken partial download
         raise DataError(missing_message(name, data_dir, e)) from None
     images = torch.as_tensor(np.asarray(ds.data))

@@ -18,6 +18,13 @@ architecture. Writes OUT/probe.json (every number), OUT/probe.png (accuracy and 
 OUT/scatter_NAME.png for 2-D codes (and scatter_all.png with one column per run when several runs
 have 2-D codes without t), and caches codes in OUT/cache (a second run only probes).
 """
+import signal
+import sys
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("interrupted (Ctrl-C)"))
+
 import argparse
 import json
 import time
@@ -113,7 +120,7 @@ def silhouette(x, y):
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", nargs="+", required=True, help="train_drl.py checkpoints with an encoder")
     p.add_argument("--out", default="probes")
     p.add_argument("--ts", default=",".join(f"{i / 10:g}" for i in range(11)), help="times for E(x0, t)")
@@ -165,7 +172,6 @@ def probe_codes(args, train, y_train, test, y_test, fine=None):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    out = prepare_out(args.out)
     runs = []
     with exit_on(DataError, CheckpointError):
         for path in args.ckpt:
@@ -177,6 +183,7 @@ def main(argv=None):
         dataset = runs[0][2]["args"]["dataset"]
         if any(ckpt["args"]["dataset"] != dataset for _, _, ckpt in runs):
             raise CheckpointError("the checkpoints were trained on different data sets; probe one data set at a time")
+        out = prepare_out(args.out)  # after the checkpoints: a wrong --ckpt leaves no empty folder behind
         data_dir = args.data_dir or runs[0][2]["args"]["data_dir"]
         images, y_train = load_dataset(dataset, data_dir, train=True)
         test_images, y_test = load_dataset(dataset, data_dir, train=False)

@@ -100,7 +100,8 @@ class StopRequest:
         if self.requested:
             raise SystemExit(f"{signal.Signals(signum).name} again: quitting without saving; the last save is kept")
         self.requested = True
-        print(f"\n{signal.Signals(signum).name}: saving after this step (Ctrl-C again to quit at once)", flush=True)
+        name = signal.Signals(signum).name
+        print(f"\n{name}: saving after this step ({name} again to quit at once)", flush=True)
 
     def restore(self):
         for s, handler in self.old.items():
@@ -116,7 +117,7 @@ def lock_run_folder(out):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         raise SystemExit(f"error: {out} is in use by another train_drl.py run; wait for it or pass another --out")
-    for stale in out.glob("ckpt.pt.*tmp"):  # left by a run killed while writing
+    for stale in out.glob("*.tmp"):  # left by a run killed while writing
         stale.unlink()
     return handle
 

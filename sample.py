@@ -14,6 +14,13 @@ into any project. The stage feeds it s(x_t, t, z) with z from the encoder, a gri
 
 Writes OUT/MODE.png and OUT/MODE.json (mode, steps, score evaluations, seconds, images/s).
 """
+import signal
+import sys
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("interrupted (Ctrl-C)"))
+
 import argparse
 import json
 import math
@@ -124,7 +131,7 @@ def heun_sample(sde, score_fn, shape, steps=18, rho=7.0, churn=0.0, s_noise=1.0,
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True)
     p.add_argument("--mode", choices=["grid", "recon", "prior", "swap", "diversity", "uncond"], default="recon")
     p.add_argument("--out", default="samples")
@@ -168,11 +175,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    out = prepare_out(args.out)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     with exit_on(CheckpointError):
         score_net, encoder, sde, ckpt = load_run(args.ckpt, device, ema=args.ema)
+    out = prepare_out(args.out)  # after the checkpoint: a wrong --ckpt leaves no empty folder behind
     run = ckpt["args"]
     if score_net is None:
         raise SystemExit(f"error: {args.ckpt} is a {run['objective']} baseline with no score net to sample "

@@ -26,6 +26,13 @@ translation by up to 2 pixels (4 for 32x32) and horizontal flips (not for MNIST)
 Writes OUT/log.jsonl (test accuracy, and the pseudo-labels' accuracy, per epoch), OUT/result.json
 and OUT/classifier.pt (one dict, written atomically).
 """
+import signal
+import sys
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("interrupted (Ctrl-C)"))
+
 import argparse
 import copy
 import json
@@ -204,7 +211,7 @@ def balanced_subset(labels, n, seed):
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", default=None, help="train_drl.py run: its encoder (--init drl) or architecture")
     p.add_argument("--init", choices=["drl", "random"], default="drl")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's; needed without --ckpt")
@@ -230,7 +237,7 @@ def parse_args(argv=None):
     p.add_argument("--max-train", type=int, default=None, help="use this many training images (random)")
     p.add_argument("--max-test", type=int, default=None, help="use the first this many test images")
     p.add_argument("--out", default="semisup")
-    p.add_argument("--data-dir", default=None, help="default: the run's --data-dir, else ./data")
+    p.add_argument("--data-dir", default=None, help="default: the run's --data-dir")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -257,7 +264,7 @@ def build_encoder(args):
     if args.ckpt is None:
         in_ch, size, _ = IMAGE_SHAPE[args.dataset]
         config = dict(in_ch=in_ch, image_size=size, ch=args.ch, latent_dim=args.latent_dim)
-        return Encoder(**config), config, args.dataset, args.data_dir or "./data"
+        return Encoder(**config), config, args.dataset, args.data_dir
     _, encoder, _, ckpt = load_run(args.ckpt, device="cpu")
     if encoder is None:
         raise CheckpointError(f"{args.ckpt} is a plain score model with no encoder; pass a drl, vdrl (or baseline) run")
@@ -294,9 +301,9 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
-    out = prepare_out(args.out)
     with exit_on(DataError, CheckpointError):
         encoder, encoder_config, dataset, data_dir = build_encoder(args)
+        out = prepare_out(args.out)  # after the checkpoint: a wrong --ckpt leaves no empty folder behind
         images, labels = load_dataset(dataset, data_dir, train=True)
         test_images, test_labels = load_dataset(dataset, data_dir, train=False)
         if args.max_train and args.max_train < len(images):

@@ -16,11 +16,19 @@ Writes OUT/ckpt.pt (one dict, `torch.load(p, weights_only=True)`), OUT/config.js
 OUT/stats.jsonl (with the EMA encoder's linear probe at each save, the probe curve). Running the
 same command again resumes from OUT/ckpt.pt; Ctrl-C saves first.
 """
+import signal
+import sys
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("interrupted (Ctrl-C)"))
+
 import argparse
 import copy
 import json
 import math
 import os
+import textwrap
 import time
 from pathlib import Path
 
@@ -30,7 +38,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
 from checkpoint import CheckpointError, build_nets, encode_images, read_checkpoint, save_atomic
-from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset
+from data import DATASETS, IMAGE_SHAPE, DataError, data_source, load_dataset
 from encoder import nt_xent, reparameterise
 from linear_probe import linear_probe, participation_ratio
 from runtime import (StopRequest, autocast, check_numbers, count_step_flops, exit_on, lock_run_folder,
@@ -47,20 +55,25 @@ DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
 PRESETS = {
     "paper": dict(ch=32, ch_mult=None, num_res_blocks=2, batch_size=128, steps=80_000, warmup=5000, lr=2e-4,
                   log_every=100, save_every=5000, ema=0.999, precond="paper", weighting="paper",
-                  t_sampling="uniform", latent_norm=False, code_map=False, l1=1e-5, probe_n=0),
+                  t_sampling="uniform", latent_norm=False, code_map=False, code_map_from="emb", l1=1e-5,
+                  probe_n=0, lr_decay="none"),
     "cpu": dict(ch=16, ch_mult="1,2", num_res_blocks=1, batch_size=64, steps=4400, warmup=200, lr=1e-3,
                 log_every=50, save_every=1100, ema=0.995, precond="edm", weighting="edm",
-                t_sampling="sigma", latent_norm=True, code_map=True, l1=0.0, probe_n=5000),
+                t_sampling="sigma", latent_norm=True, code_map=True, code_map_from="emb", l1=0.0,
+                probe_n=5000, lr_decay="none"),
 }
 EVAL_SEED = 1234  # the eval loss uses the same t and noise at every save and in every run
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=presets_help(),
+                                formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="cpu",
-                   help="cpu: minutes on a laptop (default); paper: the papers' set-up, sized for a GPU")
+                   help="cpu: minutes on a laptop; paper: the papers' set-up, sized for a GPU. It fills every "
+                        "flag left out; the defaults shown are those of --preset as given (see below)")
     p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--data-dir", default="./data")
+    p.add_argument("--data-dir", default=None, help="default: ./data, then the system's copy "
+                                                     "(/usr/share/datasets), then a download into ./data")
     p.add_argument("--out", default=None, help="run folder (default runs/DATASET-OBJECTIVE[-tc])")
     p.add_argument("--objective", choices=OBJECTIVES, default="drl",
                    help="drl, vdrl, score (no encoder); baselines: ae, vae, simclr_gauss")
@@ -71,6 +84,8 @@ def parse_args(argv=None):
                    help="layer-normalise z before the score net's latent embedding")
     p.add_argument("--code-map", action=argparse.BooleanOptionalAction,
                    help="also add the code to the score net as a coarse spatial map (beyond the papers)")
+    p.add_argument("--code-map-from", choices=["z", "emb"],
+                   help="the code map reads z itself (every direction can matter) or its 4*ch-wide embedding")
     p.add_argument("--decorr", type=float, default=0.0,
                    help="drl: weight of a penalty on the correlation between code dimensions (beyond the papers)")
     p.add_argument("--precond", choices=["paper", "edm"], help="score = F / std (paper) or EDM's denoiser")
@@ -99,6 +114,9 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, help="global batch, split over the torchrun processes")
     p.add_argument("--lr", type=float)
     p.add_argument("--warmup", type=int)
+    p.add_argument("--lr-decay", choices=["none", "cosine"],
+                   help="after the warm-up: constant lr, or a cosine to zero at the end of the budget "
+                        "(--steps, or --minutes when that comes first)")
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--ema", type=float)
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], default=None, help="default: bf16 on CUDA, off elsewhere")
@@ -112,11 +130,15 @@ def parse_args(argv=None):
     p.add_argument("--probe-n", type=int, help="at each save, linear-probe the EMA encoder on this many "
                                                "training and test images (0: off)")
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps, print images/s, exit")
-    preset = p.parse_known_args(argv)[0].preset
-    p.set_defaults(**PRESETS[preset])
+    preset = argparse.ArgumentParser(add_help=False)
+    preset.add_argument("--preset", choices=PRESETS, default="cpu")
+    p.set_defaults(**PRESETS[preset.parse_known_args(argv)[0].preset])  # before --help prints them
+    for action in p._actions:  # a flag without help text still shows its default
+        if action.help is None:
+            action.help = "(default: %(default)s)"
     args = p.parse_args(argv)
-    check_args(p, args)
     args.ch_mult = args.ch_mult or ("1,2" if IMAGE_SHAPE[args.dataset][1] == 28 else "1,2,2")
+    check_args(p, args)
     args.enc_ch = args.enc_ch or args.ch
     args.out = args.out or f"runs/{args.dataset}-{args.objective}" + ("-tc" if args.time_cond else "")
     try:
@@ -144,6 +166,27 @@ def check_args(p, args):
         p.error(f"--t-eps must lie in (0, 1), not {args.t_eps}")
     if args.time_cond and args.objective not in ("drl", "vdrl"):
         p.error(f"--time-cond needs --objective drl or vdrl (a {args.objective} encoder has no t)")
+    mult = args.ch_mult.split(",")
+    if not all(m.isdigit() and int(m) > 0 for m in mult):
+        p.error(f"--ch-mult must be positive whole numbers separated by commas, e.g. 1,2; not {args.ch_mult!r}")
+    resolutions = [IMAGE_SHAPE[args.dataset][1]]
+    for _ in mult[1:]:
+        resolutions.append((resolutions[-1] + 1) // 2)
+    attn = [r for r in args.attn_res.split(",") if r]
+    if not all(r.isdigit() and int(r) in resolutions for r in attn):
+        p.error(f"--attn-res must name resolutions the net has ({','.join(map(str, resolutions))} for --ch-mult "
+                f"{args.ch_mult} on {args.dataset}), separated by commas; not {args.attn_res!r}")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help shows every default (the preset's where it fills the flag) and keeps the epilog's lines."""
+
+
+def presets_help():
+    rows = [textwrap.fill(f"{name}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items()
+                                                  if v is not None), 100, initial_indent="  ", subsequent_indent="    ")
+            for name, values in PRESETS.items()]
+    return "presets (what each sets when the flag is left out):\n" + "\n".join(rows)
 
 
 def net_config(args, sigma_data):
@@ -158,7 +201,7 @@ def net_config(args, sigma_data):
     if args.objective in DIFFUSION:
         config["score_net"] = dict(arch, latent_dim=latent, dropout=args.dropout, sigma_data=sigma_data,
                                    precond=args.precond, latent_norm=args.latent_norm and latent > 0,
-                                   code_map=args.code_map and latent > 0)
+                                   code_map=args.code_map and latent > 0, code_map_from=args.code_map_from)
     if latent:
         config["encoder"] = dict(arch, ch=args.enc_ch, latent_dim=latent,
                                  probabilistic=args.objective in ("vdrl", "vae"), time_cond=args.time_cond)
@@ -258,7 +301,7 @@ class Training:
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         self.sde = VESDE(args.sigma_min, args.sigma_max)
         self.loss_fn = LOSSES[args.objective]
-        self.step, self.train_seconds = 0, 0.0
+        self.step, self.train_seconds, self.progress = 0, 0.0, 0.0
 
     def next_batch(self):
         idx = torch.randint(len(self.images), (self.batch,), device=self.device, generator=self.data_gen)
@@ -268,7 +311,7 @@ class Training:
         """One optimiser step and EMA update; returns the (loss, reg) tensors without a host sync."""
         args = self.args
         for group in self.opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (self.step + 1) / max(1, args.warmup))
+            group["lr"] = self.learning_rate()
         with autocast(self.device, args.amp):
             loss, reg = self.loss_fn(self.train_nets, self.sde, x0, args)
         self.scaler.scale(loss + reg).backward()
@@ -286,6 +329,16 @@ class Training:
                 b_ema.copy_(b)
         self.step += 1
         return loss.detach(), reg.detach()
+
+    def learning_rate(self):
+        """Linear warm-up, then constant or a cosine to zero over the budget: the fraction of --steps
+        done, or of --minutes trained when that is further along (`progress`, set by the loop)."""
+        args = self.args
+        warm = min(1.0, (self.step + 1) / max(1, args.warmup))
+        if args.lr_decay == "none" or self.step < args.warmup:
+            return args.lr * warm
+        done = max(self.progress, (self.step - args.warmup) / max(1, args.steps - args.warmup))
+        return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
     @torch.no_grad()
     def eval_loss(self):
@@ -320,6 +373,10 @@ class Training:
         weights = {}
         for k in self.config:  # every slot, None where this run has no such network
             weights[k], weights["ema_" + k] = state(self.nets.get(k)), state(self.emas.get(k))
+        # config.json beside the checkpoint says what it holds: written with it, so a run stopped before
+        # its first save (a NaN at --lr 100 on top of a good run) never leaves the two disagreeing
+        save_atomic(json.dumps(dict(args=vars(self.args), nets=self.config), indent=2),
+                    self.ckpt_path.with_name("config.json"))
         save_atomic(dict(kind="drl_train", version=2, step=self.step, train_seconds=self.train_seconds,
                          args=vars(self.args), config=self.config, **weights, opt=self.opt.state_dict(),
                          scaler=self.scaler.state_dict(), rng=rng), self.ckpt_path)
@@ -426,7 +483,6 @@ def main(argv=None):
         benchmark(tr, args.benchmark)
         return finish(world, tr.nets)
     if rank == 0:
-        (out / "config.json").write_text(json.dumps(dict(args=vars(args), nets=tr.config), indent=2))
         drop_rows_after(out / "stats.jsonl", tr.step)
     train(tr, out)
     if lock is not None:
@@ -443,7 +499,8 @@ def train(tr, out):
     if rank == 0:
         print(f"{args.objective} on {args.dataset}: {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
               f"{args.steps} steps" + (f" or {args.minutes:g} min" if args.minutes else "")
-              + f", {tr.world} process(es), {tr.device}, amp {args.amp}, out {out}", flush=True)
+              + f", {tr.world} process(es), {tr.device}, amp {args.amp}, data {data_source(args.dataset, args.data_dir)}"
+              f", out {out}", flush=True)
     stop = StopRequest()
     last_saved = tr.step if tr.ckpt_path.exists() else None
     last_save_time = last_log = time.time()
@@ -460,6 +517,7 @@ def train(tr, out):
             # rank 0's clock, shared so that every DDP process takes the same branch; checked every 10
             # steps under DDP (a broadcast), every step otherwise (free).
             elapsed = tr.train_seconds + time.perf_counter() - t0
+            tr.progress = elapsed / budget  # 0 without --minutes: the lr decays by steps alone
             now, check_time = time.time(), tr.world == 1 or tr.step % 10 == 0
             out_of_time = check_time and world_agrees(tr, elapsed >= budget)
             save_time = check_time and world_agrees(tr, now - last_save_time > 60 * args.save_minutes)
@@ -483,13 +541,16 @@ def train(tr, out):
                 row["eval_loss"] = tr.eval_loss()
                 if not (math.isfinite(row["eval_loss"]) and tr.weights_finite()):
                     raise SystemExit(nan_message(row["eval_loss"], tr, n_sum, last_saved, where="weights"))
-                tr.save()
-                last_saved, last_save_time = tr.step, time.time()
                 if args.probe_n and "encoder" in tr.emas:
                     row.update(tr.probe())
             if rank == 0:
                 print(log_line(row, tr, budget), flush=True)
+                # the row goes first: a run killed before the checkpoint lands drops it on resume, so
+                # stats.jsonl has a row for every saved step
                 write_row(out / "stats.jsonl", row)
+            if rank == 0 and at_save:
+                tr.save()
+                last_saved, last_save_time = tr.step, time.time()
                 if not warned and tr.device.type == "cpu" and eta_seconds(tr, budget) > 2 * 3600:
                     warned = True
                     print(f"note: this run needs about {eta_seconds(tr, budget) / 3600:.0f} hours on this CPU; "

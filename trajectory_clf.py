@@ -24,6 +24,13 @@ itself is infinite; MINE's finite estimate of I(i; i) is only a proxy, so the ma
 
 Writes OUT/trajectory.json, OUT/accuracy.png, OUT/attention.png and, with --nmi, OUT/nmi.png.
 """
+import signal
+import sys
+
+if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback
+    signal.signal(signal.SIGINT, lambda *_: sys.exit("interrupted (Ctrl-C)"))
+
 import argparse
 import json
 import math
@@ -239,7 +246,7 @@ def nmi_matrix(x, steps=2000, lr=1e-4, log=print):
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="a train_drl.py run with a time-conditioned encoder (--time-cond)")
     p.add_argument("--out", default="trajectory")
     p.add_argument("--points", type=int, default=11, help="K points t = 0, 1/(K-1), ..., 1")
@@ -273,12 +280,12 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    out = prepare_out(args.out)
     with exit_on(DataError, CheckpointError):
         _, encoder, _, ckpt = load_run(args.ckpt, device)
         if encoder is None or not encoder.time_cond:
             raise CheckpointError(f"{args.ckpt} has no time-conditioned encoder, so every t gives the same code; "
-                            f"train one with `python train_drl.py --objective drl --time-cond`")
+                                  f"train one with `python train_drl.py --objective drl --time-cond`")
+        out = prepare_out(args.out)  # after the checkpoint: a wrong --ckpt leaves no empty folder behind
         run = ckpt["args"]
         images, y_train = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=True)
         test_images, y_test = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)

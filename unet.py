@@ -14,8 +14,9 @@ activations from sigma = 0.01 to 50. The network F's output becomes a score in o
 - "edm": the denoiser D = c_skip x + c_out F with c_skip = sigma_data^2 / (std^2 + sigma_data^2),
   c_out = std sigma_data / sqrt(std^2 + sigma_data^2) (Karras et al. 2022), score = (D - x) / std^2.
   F's target has unit variance at every std, and at high noise D is F read as an image.
-With code_map, the code's embedding is also projected to a coarse ch-channel image, upsampled and
-added after the stem: FiLM alone gives every pixel the same modulation. With latent_norm, z is
+With code_map, the code is also projected to a coarse ch-channel image, upsampled and added after
+the stem: FiLM alone gives every pixel the same modulation. The map is read from z itself
+(code_map_from="z", every direction of z can matter) or from its 4*ch-wide embedding ("emb"). With latent_norm, z is
 layer-normalised (no affine) before its embedding: the score net sees every code at one scale,
 whatever the encoder's output scale. Both are measured levers beyond the papers (README).
 """
@@ -136,7 +137,7 @@ def down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size, cond_dim
 class UNet(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  dropout=0.0, latent_dim=0, sigma_min=0.01, sigma_max=50.0, sigma_data=0.5,
-                 fourier_scale=16.0, precond="paper", latent_norm=False, code_map=False):
+                 fourier_scale=16.0, precond="paper", latent_norm=False, code_map=False, code_map_from="emb"):
         super().__init__()
         if precond not in ("paper", "edm"):
             raise ValueError(f"unknown precond {precond!r}: use paper or edm")
@@ -150,7 +151,11 @@ class UNet(nn.Module):
         # the code as a coarse image too: FiLM alone modulates channels, the same at every pixel, so
         # from noise alone the net could not lay out where things are (beyond the papers)
         self.map_size = (image_size + 3) // 4
-        self.code_map = nn.Linear(emb, ch * self.map_size ** 2) if latent_dim and code_map else None
+        if code_map_from not in ("emb", "z"):
+            raise ValueError(f"unknown code_map_from {code_map_from!r}: use emb or z")
+        self.code_map_from = code_map_from
+        map_in = latent_dim if code_map_from == "z" else emb
+        self.code_map = nn.Linear(map_in, ch * self.map_size ** 2) if latent_dim and code_map else None
         self.down, skips, cur = down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size,
                                           emb, dropout)
         self.mid = nn.ModuleList([ResBlock(cur, cur, emb, dropout), Attention(cur),
@@ -174,10 +179,12 @@ class UNet(nn.Module):
         if self.latent_embed is not None:
             if z is None:
                 raise ValueError("this score net was built with latent_dim > 0: pass the code z")
-            z_emb = self.latent_embed(z if self.latent_norm is None else self.latent_norm(z))
+            z = z if self.latent_norm is None else self.latent_norm(z)
+            z_emb = self.latent_embed(z)
             cond = cond + z_emb
             if self.code_map is not None:
-                m = self.code_map(F.silu(z_emb)).view(len(x), -1, self.map_size, self.map_size)
+                m = self.code_map(z if self.code_map_from == "z" else F.silu(z_emb))
+                m = m.view(len(x), -1, self.map_size, self.map_size)
                 code_image = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
         std = self.sde.marginal_std(t.float())[:, None, None, None]
         var = self.sigma_data ** 2 + std ** 2

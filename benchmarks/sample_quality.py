@@ -107,7 +107,7 @@ def main(argv=None):
     p.add_argument("samples", nargs="+",
                    help=".pt files from sample.py --save-tensor: samples (N, C, H, W), optional labels")
     p.add_argument("--dataset", choices=DATASETS, required=True)
-    p.add_argument("--data-dir", default="./data")
+    p.add_argument("--data-dir", default=None, help="default: ./data, then the system's copy")
     p.add_argument("--out", default="quality", help="folder of the cached classifier and quality.jsonl")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--device", default=None)

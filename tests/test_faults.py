@@ -50,6 +50,52 @@ def test_resuming_onto_a_truncated_or_foreign_checkpoint_is_one_line(tmp_path, t
         train_drl.main(TINY + ["--out", str(out), "--steps", "4"])
 
 
+@pytest.mark.parametrize("stage", [sample, probe, semisup, trajectory_clf])
+def test_a_missing_checkpoint_leaves_no_folder_behind(tmp_path, stage):
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        stage.main(["--ckpt", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("stage", [probe, semisup, trajectory_clf, sample])
+def test_help_descriptions_are_whole_sentences(stage, capsys):
+    with pytest.raises(SystemExit):
+        stage.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    first = " ".join(stage.__doc__.split("\n\n")[0].split())
+    assert first in text and first.endswith((".", "?", ")"))
+
+
+def test_ctrl_c_while_starting_is_one_line(tmp_path):
+    """SIGINT while torch is imported or the data read: one line on stderr, no traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    root = Path(__file__).parent.parent
+    p = subprocess.Popen([sys.executable, str(root / "train_drl.py"), "--dataset", "shapes", "--out",
+                          str(tmp_path / "o")], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and err.strip() == "interrupted (Ctrl-C)"
+
+
+def test_sigterm_names_itself(capsys):
+    import os
+    import signal
+    from runtime import StopRequest
+    stop = StopRequest()
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.requested
+    finally:
+        stop.restore()
+    out = capsys.readouterr().out
+    assert "SIGTERM again to quit at once" in out and "Ctrl-C" not in out
+
+
 def test_device_that_is_not_here_is_one_line(tmp_path, capsys):
     import torch
     if torch.cuda.is_available():

@@ -88,18 +88,43 @@ def test_missing_data_set_gives_one_line_error(tmp_path, monkeypatch):
     assert "train-images-idx3-ubyte[.gz]" in msg and "dataset-fashion-mnist" in msg
 
 
-def test_idx_folder_is_read(tmp_path):
-    """MNIST-format IDX files (here gzipped) are read directly, no torchvision needed."""
+def write_idx(folder, images, labels, train=True):
+    """MNIST-format IDX files, gzipped, as the data set's own files are."""
     import gzip
     import struct
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, arr in zip(data.IDX_FILES[train], (images, labels)):
+        header = struct.pack(">HBB", 0, 8, arr.dim()) + struct.pack(">" + "I" * arr.dim(), *arr.shape)
+        with gzip.open(folder / (stem + ".gz"), "wb") as f:
+            f.write(header + arr.numpy().tobytes())
+
+
+def test_idx_folder_is_read(tmp_path):
+    """MNIST-format IDX files (here gzipped) are read directly, no torchvision needed."""
     images = torch.randint(0, 256, (5, 28, 28), dtype=torch.uint8)
     labels = torch.arange(5, dtype=torch.uint8)
-    for name, arr in (("train-images-idx3-ubyte.gz", images), ("train-labels-idx1-ubyte.gz", labels)):
-        header = struct.pack(">HBB", 0, 8, arr.dim()) + struct.pack(">" + "I" * arr.dim(), *arr.shape)
-        with gzip.open(tmp_path / name, "wb") as f:
-            f.write(header + arr.numpy().tobytes())
+    write_idx(tmp_path, images, labels)
     x, y = load_dataset("fashion_mnist", str(tmp_path), train=True)
     assert x.shape == (5, 1, 28, 28) and torch.equal(x[:, 0], images) and torch.equal(y, labels.long())
+
+
+def test_a_data_dir_given_is_the_only_place_looked_in(tmp_path, monkeypatch):
+    """The system's copy is the fallback of the default --data-dir only; a folder the user names that
+    holds no data set is an error naming where it looked, and the first line says which folder was used."""
+    import torchvision
+    system = tmp_path / "system"
+    write_idx(system, torch.zeros(3, 28, 28, dtype=torch.uint8), torch.zeros(3, dtype=torch.uint8))
+    monkeypatch.setitem(data.SYSTEM_IDX_DIRS, "fashion_mnist", [str(system)])
+    monkeypatch.chdir(tmp_path)  # ./data holds nothing
+    assert len(load_dataset("fashion_mnist", None)[0]) == 3 and data.data_source("fashion_mnist") == str(system)
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(data.DataError, match="nonexistent") as e:
+        load_dataset("fashion_mnist", str(tmp_path / "nonexistent"))
+    assert str(system) not in str(e.value)
 
 
 def test_shapes_factors():
@@ -235,6 +260,44 @@ def test_a_stop_saves_the_step_it_names_wherever_the_signal_lands(tmp_path, monk
     assert steps[-1] == named
 
 
+def test_config_json_agrees_with_the_checkpoint_after_a_failed_resume(tmp_path):
+    out = run(tmp_path, "agree", "--steps", "2", "--save-every", "2")
+    with pytest.raises(SystemExit, match="became"):
+        run(tmp_path, "agree", "--steps", "100", "--save-every", "50", "--lr", "1e2", "--warmup", "1")
+    saved = torch.load(out / "ckpt.pt", weights_only=True)["args"]
+    assert json.loads((out / "config.json").read_text())["args"] == saved and saved["lr"] == 1e-3
+
+
+def test_every_saved_step_has_its_stats_row_when_the_save_is_killed(tmp_path, monkeypatch):
+    """A kill -9 in the middle of a save (here: the save raises): the row of that step was written
+    first, and the resumed run drops it with the lost checkpoint, so rows and saves agree."""
+    out = tmp_path / "killed"
+    real = train_drl.Training.save
+
+    def die_at_step_4(self):
+        if self.step == 4:
+            raise KeyboardInterrupt("killed")
+        real(self)
+
+    monkeypatch.setattr(train_drl.Training, "save", die_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "killed", "--steps", "6", "--save-every", "2")
+    rows = [json.loads(line)["step"] for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert rows == [2, 4] and torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
+    monkeypatch.setattr(train_drl.Training, "save", real)
+    run(tmp_path, "killed", "--steps", "6", "--save-every", "2")
+    rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6] and all("eval_loss" in r for r in rows)
+
+
+def test_help_shows_every_default_and_what_the_presets_set(capsys):
+    with pytest.raises(SystemExit):
+        train_drl.parse_args(["--preset", "paper", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: mnist)" in text and "(default: 0.0002)" in text and "(default: 80000)" in text
+    assert "cpu: --ch 16" in text and "paper: --ch 32" in text
+
+
 def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
     """The issue's reproduction: lr 1e2 blows the weights up within a few steps."""
     out = tmp_path / "blow"
@@ -259,7 +322,9 @@ def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
     (["--t-fixed", "0"], "--t-fixed must lie in"), (["--latent-dim", "0"], "--latent-dim must be a positive"),
     (["--lr", "nan"], "--lr must be a positive"), (["--save-every", "0"], "--save-every must be a positive"),
     (["--eval-n", "0"], "--eval-n must be a positive"), (["--sigma-min", "0"], "--sigma-min must be a positive"),
-    (["--ch", "0"], "--ch must be a positive"), (["--minutes", "-1"], "--minutes must be a positive")])
+    (["--ch", "0"], "--ch must be a positive"), (["--minutes", "-1"], "--minutes must be a positive"),
+    (["--ch-mult", "1,x"], "--ch-mult must be positive whole numbers"), (["--attn-res", "abc"], "--attn-res must name"),
+    (["--attn-res", "13"], "--attn-res must name resolutions the net has (28,14")])
 def test_bad_numbers_get_one_argparse_line(tmp_path, capsys, flags, says):
     with pytest.raises(SystemExit) as e:
         train_drl.main(TINY + ["--out", str(tmp_path / "x"), *flags])
