@@ -57,8 +57,10 @@ class VESDE:
 
         uniform: t ~ U(eps, 1), i.e. log sigma uniform: every scale alike (the papers' default).
         sigma: sigma(t) ~ U(sigma_min, sigma_max), which puts most weight on high noise (class-level
-        codes).  fixed: every t = t_fixed (single timescale).  lognormal: ln sigma ~ N(p_mean, p_std^2)
-        (EDM), clipped to [sigma_min, sigma_max]; its centre p_mean picks the scale the code favours.
+        codes).  fixed: every t = t_fixed (single timescale).  lognormal: the noise std (EDM's sigma) with
+        ln std ~ N(p_mean, p_std^2), clipped to [sigma_min, marginal_std(1)] in std itself, so a draw
+        below sigma_min trains at std = sigma_min (t = 0.04), never at a smaller std; p_mean picks the
+        scale the code favours.
         """
         if mode == "uniform":
             return eps + (1 - eps) * torch.rand(n, device=device)
@@ -68,8 +70,9 @@ class VESDE:
         if mode == "fixed":
             return torch.full((n,), float(t_fixed), device=device)
         if mode == "lognormal":
-            log_sigma = p_mean + p_std * torch.randn(n, device=device)
-            return ((log_sigma - math.log(self.sigma_min)) / self.log_ratio).clamp(eps, 1.0)
+            std = torch.exp(p_mean + p_std * torch.randn(n, device=device))
+            std = std.clamp(self.sigma_min, self.marginal_std(torch.tensor(1.0)).item())
+            return self.t_of_std(std).clamp(max=1.0)
         raise ValueError(f"unknown t-sampling mode {mode!r}: use uniform, sigma, fixed or lognormal")
 
 

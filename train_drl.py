@@ -59,9 +59,10 @@ PRESETS = {
                   probe_n=0, lr_decay="none"),
     "cpu": dict(ch=16, ch_mult="1,2", num_res_blocks=1, batch_size=64, steps=4400, warmup=200, lr=1e-3,
                 log_every=50, save_every=1100, ema=0.995, precond="edm", weighting="edm",
-                t_sampling="sigma", latent_norm=True, code_map=True, code_map_from="emb", l1=0.0,
+                t_sampling="sigma", latent_norm=None, code_map=True, code_map_from="emb", l1=0.0,
                 probe_n=5000, lr_decay="none"),
 }
+MIN_NORM_DIM = 8  # a layer norm over D dims leaves D - 1 of them: over 1 it maps every code to 0, over 2 to ±(1, -1)
 EVAL_SEED = 1234  # the eval loss uses the same t and noise at every save and in every run
 
 
@@ -81,7 +82,8 @@ def parse_args(argv=None):
                    help="time-conditioned encoder E(x0, t), eq. 9")
     p.add_argument("--latent-dim", type=int, default=128)
     p.add_argument("--latent-norm", action=argparse.BooleanOptionalAction,
-                   help="layer-normalise z before the score net's latent embedding")
+                   help=f"layer-normalise z before the score net's latent embedding; needs --latent-dim of at least "
+                        f"{MIN_NORM_DIM} (a 2-d code would become ±(1, -1)); None: on from {MIN_NORM_DIM} dimensions")
     p.add_argument("--code-map", action=argparse.BooleanOptionalAction,
                    help="also add the code to the score net as a coarse spatial map (beyond the papers)")
     p.add_argument("--code-map-from", choices=["z", "emb"],
@@ -139,6 +141,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.ch_mult = args.ch_mult or ("1,2" if IMAGE_SHAPE[args.dataset][1] == 28 else "1,2,2")
     check_args(p, args)
+    if args.latent_norm is None:
+        args.latent_norm = args.latent_dim >= MIN_NORM_DIM
     args.enc_ch = args.enc_ch or args.ch
     args.out = args.out or f"runs/{args.dataset}-{args.objective}" + ("-tc" if args.time_cond else "")
     try:
@@ -166,6 +170,9 @@ def check_args(p, args):
         p.error(f"--t-eps must lie in (0, 1), not {args.t_eps}")
     if args.time_cond and args.objective not in ("drl", "vdrl"):
         p.error(f"--time-cond needs --objective drl or vdrl (a {args.objective} encoder has no t)")
+    if args.latent_norm and args.latent_dim < MIN_NORM_DIM:
+        p.error(f"--latent-norm needs --latent-dim {MIN_NORM_DIM} or more: it would map a {args.latent_dim}-d code to "
+                f"a few fixed points, so the score net could not read it; pass --no-latent-norm")
     mult = args.ch_mult.split(",")
     if not all(m.isdigit() and int(m) > 0 for m in mult):
         p.error(f"--ch-mult must be positive whole numbers separated by commas, e.g. 1,2; not {args.ch_mult!r}")

@@ -196,9 +196,14 @@ def test_edm_weighting_is_karras_lambda_on_the_denoised_image():
 
 
 def test_lognormal_time_sampling():
+    """ln std ~ N(p_mean, p_std^2) in the noise std actually used (marginal_std), clipped in std."""
     torch.manual_seed(0)
     t = sde.sample_t(200000, "lognormal", p_mean=0.5, p_std=0.8)
-    log_sigma = torch.log(sde.sigma(t))
-    assert abs(log_sigma.mean().item() - 0.5) < 0.01 and abs(log_sigma.std().item() - 0.8) < 0.01
+    log_std = torch.log(sde.marginal_std(t))
+    assert abs(log_std.mean().item() - 0.5) < 0.01 and abs(log_std.std().item() - 0.8) < 0.01
+    t = sde.sample_t(100000, "lognormal", p_mean=-1.2, p_std=1.2)  # EDM's: 0.24% of draws below 0.01
+    std = sde.marginal_std(t)
+    assert torch.isclose(std.min(), torch.tensor(0.01), rtol=1e-3)  # clipped at sigma_min, not below it
+    assert abs((std < 0.0101).float().mean().item() - 0.0024) < 0.001
     t = sde.sample_t(10000, "lognormal", p_mean=0.0, p_std=10.0)  # clipped to the SDE's range
-    assert t.min() >= 1e-5 and t.max() <= 1.0 and (t == 1.0).any()
+    assert t.min() > 0.04 and t.max() <= 1.0 and (t == 1.0).any()

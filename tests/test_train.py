@@ -290,6 +290,15 @@ def test_every_saved_step_has_its_stats_row_when_the_save_is_killed(tmp_path, mo
     assert [r["step"] for r in rows] == [2, 4, 6] and all("eval_loss" in r for r in rows)
 
 
+def test_the_preset_layer_norms_only_codes_it_does_not_erase():
+    """A layer norm maps a 2-d code to ±(1, -1): the cpu preset turns it on from 8 dimensions only."""
+    from unet import UNet
+    norm = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, latent_dim=2, latent_norm=True).latent_norm
+    assert torch.allclose(norm(torch.randn(64, 2)).abs(), torch.ones(64, 2), atol=1e-2)  # the reason
+    for dim, on in ((2, False), (7, False), (8, True), (128, True)):
+        assert train_drl.parse_args(TINY + ["--latent-dim", str(dim)]).latent_norm is on
+
+
 def test_help_shows_every_default_and_what_the_presets_set(capsys):
     with pytest.raises(SystemExit):
         train_drl.parse_args(["--preset", "paper", "--help"])
@@ -324,7 +333,8 @@ def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
     (["--eval-n", "0"], "--eval-n must be a positive"), (["--sigma-min", "0"], "--sigma-min must be a positive"),
     (["--ch", "0"], "--ch must be a positive"), (["--minutes", "-1"], "--minutes must be a positive"),
     (["--ch-mult", "1,x"], "--ch-mult must be positive whole numbers"), (["--attn-res", "abc"], "--attn-res must name"),
-    (["--attn-res", "13"], "--attn-res must name resolutions the net has (28,14")])
+    (["--attn-res", "13"], "--attn-res must name resolutions the net has (28,14"),
+    (["--latent-dim", "2", "--latent-norm"], "--latent-norm needs --latent-dim 8 or more")])
 def test_bad_numbers_get_one_argparse_line(tmp_path, capsys, flags, says):
     with pytest.raises(SystemExit) as e:
         train_drl.main(TINY + ["--out", str(tmp_path / "x"), *flags])
@@ -370,3 +380,17 @@ def test_progress_by_time_with_eta_and_a_cpu_hours_note(tmp_path, monkeypatch, c
     rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all("eval_loss" in r for r in rows)  # saved by time
     assert printed.count("ETA") == 3 and printed.count("needs about") == 1 and "--preset cpu" in printed
+
+
+def test_the_weighting_flag_reaches_the_loss():
+    """The same nets, batch, t and noise: EDM's weight (1 + std^2 / sigma_data^2 times the paper's) must
+    show in the loss train_drl.py computes, or --weighting is silently ignored."""
+    args = train_drl.parse_args(TINY + ["--t-sampling", "uniform"])
+    tr = train_drl.Training(args, torch.device("cpu"))
+    x0 = tr.next_batch()
+    losses = {}
+    for weighting in ("paper", "edm"):
+        args.weighting = weighting
+        torch.manual_seed(0)
+        losses[weighting] = train_drl.diffusion_loss(tr.nets, tr.sde, x0, args)[0].item()
+    assert losses["edm"] > 1.5 * losses["paper"]
