@@ -52,7 +52,8 @@ class VESDE:
         """Drift of the reverse-time SDE, eq. 2: f - g^2 score, with f = 0 for the VE SDE."""
         return -_bc(self.g(t), x) ** 2 * score
 
-    def sample_t(self, n, mode="uniform", t_fixed=0.5, eps=1e-5, p_mean=-1.2, p_std=1.2, device=None):
+    def sample_t(self, n, mode="uniform", t_fixed=0.5, eps=1e-5, p_mean=-1.2, p_std=1.2, device=None,
+                 uniform_share=0.0):
         """Training times; the mode sets what the code encodes (granularity control, TMLR sec. 3.3).
 
         uniform: t ~ U(eps, 1), i.e. log sigma uniform: every scale alike (the papers' default).
@@ -61,7 +62,13 @@ class VESDE:
         ln std ~ N(p_mean, p_std^2), clipped to [sigma_min, marginal_std(1)] in std itself, so a draw
         below sigma_min trains at std = sigma_min (t = 0.04), never at a smaller std; p_mean picks the
         scale the code favours.
+        uniform_share: that share of the draws is uniform in t instead (a mixture), so that a
+        high-noise mode still trains the low noise levels where a sample's texture is made.
         """
+        if uniform_share:
+            t = self.sample_t(n, mode, t_fixed, eps, p_mean, p_std, device)
+            return torch.where(torch.rand(n, device=device) < uniform_share, self.sample_t(n, "uniform", eps=eps,
+                                                                                            device=device), t)
         if mode == "uniform":
             return eps + (1 - eps) * torch.rand(n, device=device)
         if mode == "sigma":

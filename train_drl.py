@@ -93,6 +93,9 @@ def parse_args(argv=None):
     p.add_argument("--precond", choices=["paper", "edm"], help="score = F / std (paper) or EDM's denoiser")
     p.add_argument("--weighting", choices=["paper", "edm"], help="lambda = sigma^2 (paper) or EDM's")
     p.add_argument("--t-sampling", choices=["uniform", "sigma", "fixed", "lognormal"])
+    p.add_argument("--t-uniform-share", type=float, default=0.0,
+                   help="this share of the training times is drawn uniformly in t instead, whatever --t-sampling "
+                        "says: low noise levels keep training, for clean samples (beyond the papers)")
     p.add_argument("--t-fixed", type=float, default=0.5)
     p.add_argument("--t-eps", type=float, default=1e-5)
     p.add_argument("--p-mean", type=float, default=-1.2, help="lognormal: mean of ln sigma")
@@ -166,6 +169,8 @@ def check_args(p, args):
         p.error(f"--sigma-min ({args.sigma_min}) must be below --sigma-max ({args.sigma_max})")
     if not 0 < args.t_fixed <= 1:
         p.error(f"--t-fixed must lie in (0, 1] (t = 0 has no noise to remove), not {args.t_fixed}")
+    if not 0 <= args.t_uniform_share <= 1:
+        p.error(f"--t-uniform-share must lie in [0, 1], not {args.t_uniform_share}")
     if not 0 < args.t_eps < 1:
         p.error(f"--t-eps must lie in (0, 1), not {args.t_eps}")
     if args.time_cond and args.objective not in ("drl", "vdrl"):
@@ -224,7 +229,8 @@ def net_config(args, sigma_data):
 def diffusion_loss(nets, sde, x0, args):
     """DSM loss of the score net given the encoder's code of the clean image: eq. 7 (drl), eq. 8
     (vdrl), eq. 9 (time-conditioned encoder), eq. 4 (score: no encoder, no code)."""
-    t = sde.sample_t(len(x0), args.t_sampling, args.t_fixed, args.t_eps, args.p_mean, args.p_std, x0.device)
+    t = sde.sample_t(len(x0), args.t_sampling, args.t_fixed, args.t_eps, args.p_mean, args.p_std, x0.device,
+                     args.t_uniform_share)
     noise = torch.randn_like(x0)
     std = sde.marginal_std(t)
     z, mu, logvar = reparameterise(*nets["encoder"](x0, t)) if "encoder" in nets else (None,) * 3
@@ -391,7 +397,7 @@ class Training:
     def resume(self):
         """Continue from ckpt.pt: weights, optimiser, RNG and step, so the run goes on as if unbroken."""
         ckpt = read_checkpoint(self.ckpt_path)
-        same = {k: (ckpt["args"].get(k), getattr(self.args, k)) for k in RESUME_MUST_MATCH}
+        same = {k: (ckpt["args"].get(k, ADDED_LATER.get(k)), getattr(self.args, k)) for k in RESUME_MUST_MATCH}
         differ = [f"--{k.replace('_', '-')} {new} (saved: {old})" for k, (old, new) in same.items() if old != new]
         present = lambda c: {k: v for k, v in c.items() if v}  # runs saved before a net slot existed
         if differ or present(ckpt.get("config", {})) != present(self.config):
@@ -415,8 +421,9 @@ class Training:
 
 
 # flags that define what a run learns: resuming with another value would train a different run
-RESUME_MUST_MATCH = ("dataset", "objective", "t_sampling", "t_fixed", "p_mean", "p_std", "weighting", "precond",
-                     "latent_dim", "time_cond", "sigma_min", "sigma_max")
+RESUME_MUST_MATCH = ("dataset", "objective", "t_sampling", "t_uniform_share", "t_fixed", "p_mean", "p_std",
+                     "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
+ADDED_LATER = dict(t_uniform_share=0.0)  # what a checkpoint saved before a flag existed trained with
 
 
 def benchmark(tr, n_steps):

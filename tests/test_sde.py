@@ -207,3 +207,14 @@ def test_lognormal_time_sampling():
     assert abs((std < 0.0101).float().mean().item() - 0.0024) < 0.001
     t = sde.sample_t(10000, "lognormal", p_mean=0.0, p_std=10.0)  # clipped to the SDE's range
     assert t.min() > 0.04 and t.max() <= 1.0 and (t == 1.0).any()
+
+
+def test_a_uniform_share_mixes_uniform_t_into_any_mode():
+    """sigma-uniform with a share u of uniform-t draws: P(std <= s) = u F_uniform(s) + (1 - u) F_sigma(s)."""
+    torch.manual_seed(0)
+    u, n = 0.3, 400000
+    std = sde.marginal_std(sde.sample_t(n, "sigma", uniform_share=u))
+    for s in (0.05, 0.5, 1.0, 5.0, 25.0):
+        f_uniform = (sde.t_of_std(torch.tensor(s)) - 1e-5) / (1 - 1e-5)
+        f_sigma = (math.sqrt(s ** 2 + sde.sigma_min ** 2) - sde.sigma_min) / (sde.sigma_max - sde.sigma_min)
+        assert abs((std <= s).float().mean().item() - (u * f_uniform + (1 - u) * f_sigma)) < 0.003

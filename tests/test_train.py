@@ -181,6 +181,31 @@ def test_new_levers_train_end_to_end(tmp_path):
     assert not torch.allclose(score_net(x, t, z), score_net(x, t, z.flip(0)))  # the code steers the score
 
 
+def test_code_map_from_z_and_a_uniform_share_train_end_to_end(tmp_path):
+    out = run(tmp_path, "z", "--steps", "4", "--save-every", "4", "--code-map-from", "z", "--t-uniform-share", "0.3",
+              "--lr-decay", "cosine")
+    score_net, encoder, _, ckpt = load_run(out / "ckpt.pt")
+    assert score_net.code_map.in_features == encoder.latent_dim == 128  # read from z, not its 64-d embedding
+    assert ckpt["args"]["t_uniform_share"] == 0.3
+    x, t = torch.rand(2, 1, 28, 28), torch.full((2,), 0.7)
+    z = encoder(x)[0]
+    assert not torch.allclose(score_net(x, t, z), score_net(x, t, z.flip(0)))
+
+
+def test_cosine_decay_over_steps_or_minutes():
+    import types
+    tr = types.SimpleNamespace(args=types.SimpleNamespace(lr=1e-3, warmup=10, steps=110, lr_decay="cosine"),
+                               step=0, progress=0.0)
+    lr = lambda step, progress=0.0: train_drl.Training.learning_rate(
+        types.SimpleNamespace(**{**vars(tr), "step": step, "progress": progress}))
+    assert lr(0) == pytest.approx(1e-4) and lr(9) == pytest.approx(1e-3)        # linear warm-up
+    assert lr(10) == pytest.approx(1e-3) and lr(60) == pytest.approx(5e-4)     # cosine over the steps left
+    assert lr(110) == pytest.approx(0, abs=1e-12)
+    assert lr(20, progress=0.5) == pytest.approx(5e-4)                          # --minutes further along
+    tr.args.lr_decay = "none"
+    assert lr(100) == 1e-3
+
+
 def test_minutes_budget_stops_and_saves(tmp_path):
     out = run(tmp_path, "m", "--steps", "100000", "--save-every", "100000", "--minutes", "0.01")
     ckpt = torch.load(out / "ckpt.pt", weights_only=True)
@@ -334,7 +359,8 @@ def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
     (["--ch", "0"], "--ch must be a positive"), (["--minutes", "-1"], "--minutes must be a positive"),
     (["--ch-mult", "1,x"], "--ch-mult must be positive whole numbers"), (["--attn-res", "abc"], "--attn-res must name"),
     (["--attn-res", "13"], "--attn-res must name resolutions the net has (28,14"),
-    (["--latent-dim", "2", "--latent-norm"], "--latent-norm needs --latent-dim 8 or more")])
+    (["--latent-dim", "2", "--latent-norm"], "--latent-norm needs --latent-dim 8 or more"),
+    (["--t-uniform-share", "1.5"], "--t-uniform-share must lie in [0, 1]")])
 def test_bad_numbers_get_one_argparse_line(tmp_path, capsys, flags, says):
     with pytest.raises(SystemExit) as e:
         train_drl.main(TINY + ["--out", str(tmp_path / "x"), *flags])
