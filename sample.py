@@ -97,14 +97,16 @@ def pc_sample(sde, score_fn, shape, steps=1000, predictor="reverse_diffusion", c
 
 
 @torch.no_grad()
-def heun_sample(sde, score_fn, shape, steps=18, rho=7.0, churn=0.0, s_noise=1.0, t_init=1.0, std_min=0.002,
-                x_init=None, device=None):
+def heun_sample(sde, score_fn, shape, steps=18, rho=7.0, churn=0.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003,
+                t_init=1.0, std_min=0.002, x_init=None, device=None):
     """EDM's sampler (Karras et al. 2022, Algorithm 2): Heun's 2nd-order method on the probability-flow
     ODE dx/d(std) = -std * score(x, std), over the noise levels std_i = (a + i/(N-1) (b - a))^rho,
     a = std(t_init)^(1/rho), b = std_min^(1/rho) (EDM's 0.002: below half a grey level of an 8-bit
-    image), then an Euler step to std = 0. With churn > 0 each
-    step first raises std by a factor 1 + gamma, gamma = min(churn / N, sqrt(2) - 1), with fresh noise
-    (s_noise times its nominal std). Returns (samples, score evaluations = 2N - 1 without churn's extras)."""
+    image), then an Euler step to std = 0. With churn > 0, each step whose std lies in [s_tmin, s_tmax]
+    first raises std by a factor 1 + gamma, gamma = min(churn / N, sqrt(2) - 1), with fresh noise of
+    s_noise times its nominal std (EDM's S_tmin, S_tmax, S_noise; defaults: their ImageNet values), never
+    above std(t_init), so the net is never asked about a noise level beyond t = 1.
+    Returns (samples, score evaluations = 2N - 1)."""
     hi, lo = sde.marginal_std(torch.tensor(float(t_init))), torch.tensor(float(std_min))
     ramp = torch.linspace(0, 1, steps)
     stds = (hi ** (1 / rho) + ramp * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
@@ -114,8 +116,8 @@ def heun_sample(sde, score_fn, shape, steps=18, rho=7.0, churn=0.0, s_noise=1.0,
     dx_dstd = lambda x, std: -std * score_fn(x, sde.t_of_std(torch.full((shape[0],), std, device=x.device)))
     nfe = 0
     for std, std_next in zip(stds[:-1], stds[1:]):
-        if gamma > 0:  # churn: step back up the noise ladder with fresh noise
-            std_hat = std * (1 + gamma)
+        std_hat = min(std * (1 + gamma), hi.item()) if s_tmin <= std <= s_tmax else std
+        if std_hat > std:  # churn: step back up the noise ladder with fresh noise
             x = x + (std_hat ** 2 - std ** 2) ** 0.5 * s_noise * torch.randn_like(x)
             std = std_hat
         d = dx_dstd(x, std)
@@ -150,6 +152,9 @@ def parse_args(argv=None):
                    help="pc: predictor-corrector (the papers'); heun: EDM's 2nd-order ODE sampler, 2N-1 evaluations")
     p.add_argument("--steps", type=int, default=None, help="default 1000 (pc), 18 (heun)")
     p.add_argument("--churn", type=float, default=0.0, help="heun: EDM's S_churn (0: deterministic)")
+    p.add_argument("--s-tmin", type=float, default=0.05, help="heun: churn only where std >= this (EDM's S_tmin)")
+    p.add_argument("--s-tmax", type=float, default=50.0, help="heun: churn only where std <= this (EDM's S_tmax)")
+    p.add_argument("--s-noise", type=float, default=1.003, help="heun: churn's noise inflation (EDM's S_noise)")
     p.add_argument("--predictor", choices=PREDICTORS, default="reverse_diffusion")
     p.add_argument("--corrector-steps", type=int, default=1)
     p.add_argument("--snr", type=float, default=0.16)
@@ -165,7 +170,7 @@ def parse_args(argv=None):
     if args.shuffle_codes and (args.mode != "recon" or args.n < 2):
         p.error("--shuffle-codes needs --mode recon and --n 2 or more (the codes are shuffled among the sources)")
     check_numbers(p, args, positive=("n", "per_code", "steps", "snr", "range"),
-                  non_negative=("corrector_steps", "churn"), in_unit=("t_init", "t_swap"))
+                  non_negative=("corrector_steps", "churn", "s_tmin", "s_tmax", "s_noise"), in_unit=("t_init", "t_swap"))
     try:
         args.device = str(pick_device(args.device))
     except ValueError as e:
@@ -217,7 +222,8 @@ def main(argv=None):
         return (x, y[:n].to(device)) if labels else x
 
     if args.sampler == "heun":  # sample_fn(sde, score_fn, shape[, x_init, t_init]) -> (x, nfe)
-        sample_fn = partial(heun_sample, steps=args.steps, churn=args.churn, t_init=args.t_init, device=device)
+        sample_fn = partial(heun_sample, steps=args.steps, churn=args.churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax,
+                            s_noise=args.s_noise, t_init=args.t_init, device=device)
     else:
         sample_fn = partial(pc_sample, steps=args.steps, predictor=args.predictor, snr=args.snr,
                             corrector_steps=args.corrector_steps, t_init=args.t_init, denoise=args.denoise,

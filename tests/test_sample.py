@@ -38,6 +38,28 @@ def test_heun_recovers_gaussian_in_few_steps(churn):
     assert abs(x.var().item() / S ** 2 - 1) < 0.07
 
 
+def test_heun_churn_stays_in_its_window_and_never_beyond_t_1():
+    """EDM's churn raises std by 1 + gamma only where S_tmin <= std <= S_tmax, and never asks the net
+    about a std beyond std(t = 1): the first step (std = 50) is not churned past it."""
+    def levels(**churn):
+        seen = []
+
+        def recording_score(x, t):
+            seen.append(t.max().item())
+            return gaussian_score(x, t)
+        torch.manual_seed(0)
+        sample.heun_sample(sde, recording_score, (10, 4), steps=10, **churn)
+        return seen, {round(sde.marginal_std(torch.tensor(t)).item(), 5) for t in seen}
+
+    seen, churned = levels(churn=40.0, s_tmin=0.05, s_tmax=5.0)  # gamma = min(40 / 10, sqrt 2 - 1)
+    _, plain = levels()
+    assert max(seen) <= 1.0 + 1e-6
+    raised = churned - plain
+    in_window = [s for s in plain if 0.05 <= s <= 5.0]
+    assert len(raised) == len(in_window) > 0
+    assert sorted(raised) == pytest.approx(sorted(s * 2 ** 0.5 for s in in_window), rel=1e-3)
+
+
 def test_heun_is_second_order():
     """Deterministic: the error against a fine run falls ~4x when the steps double (Euler: ~2x)."""
     x_init = sde.prior_sampling((2000, 4), generator=torch.Generator().manual_seed(0))
