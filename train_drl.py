@@ -96,6 +96,9 @@ def parse_args(argv=None):
     p.add_argument("--t-uniform-share", type=float, default=0.0,
                    help="this share of the training times is drawn uniformly in t instead, whatever --t-sampling "
                         "says: low noise levels keep training, for clean samples (beyond the papers)")
+    p.add_argument("--noise-per-image", type=int, default=1,
+                   help="score-net samples per encoded image: each code is trained at this many noise levels per "
+                        "step (not with --time-cond; beyond the papers)")
     p.add_argument("--t-fixed", type=float, default=0.5)
     p.add_argument("--t-eps", type=float, default=1e-5)
     p.add_argument("--p-mean", type=float, default=-1.2, help="lognormal: mean of ln sigma")
@@ -112,6 +115,8 @@ def parse_args(argv=None):
                                      "(default 1,2 for 28px, 1,2,2 for 32px)")
     p.add_argument("--num-res-blocks", type=int)
     p.add_argument("--attn-res", default="", help="resolutions with self-attention, e.g. 14")
+    p.add_argument("--mid-attn", action=argparse.BooleanOptionalAction, default=True,
+                   help="self-attention between the score net's two middle blocks")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--steps", type=int)
     p.add_argument("--minutes", type=float, default=None,
@@ -159,7 +164,7 @@ def parse_args(argv=None):
 
 def check_args(p, args):
     """One argparse-style line for every value that would fail later, or train silently on nonsense."""
-    check_numbers(p, args, positive=("latent_dim", "ch", "enc_ch", "num_res_blocks", "steps", "batch_size",
+    check_numbers(p, args, positive=("latent_dim", "noise_per_image", "ch", "enc_ch", "num_res_blocks", "steps", "batch_size",
                                      "log_every", "save_every", "eval_n", "lr", "ema", "sigma_min", "sigma_max",
                                      "temperature", "p_std", "grad_clip", "save_minutes", "minutes"),
                   non_negative=("warmup", "probe_n", "benchmark", "l1", "kl", "decorr", "dropout", "aug_std"))
@@ -173,6 +178,8 @@ def check_args(p, args):
         p.error(f"--t-uniform-share must lie in [0, 1], not {args.t_uniform_share}")
     if not 0 < args.t_eps < 1:
         p.error(f"--t-eps must lie in (0, 1), not {args.t_eps}")
+    if args.noise_per_image > 1 and args.time_cond:
+        p.error("--noise-per-image above 1 needs a static encoder: a time-conditioned one codes each t anew")
     if args.time_cond and args.objective not in ("drl", "vdrl"):
         p.error(f"--time-cond needs --objective drl or vdrl (a {args.objective} encoder has no t)")
     if args.latent_norm and args.latent_dim < MIN_NORM_DIM:
@@ -213,7 +220,8 @@ def net_config(args, sigma_data):
     if args.objective in DIFFUSION:
         config["score_net"] = dict(arch, latent_dim=latent, dropout=args.dropout, sigma_data=sigma_data,
                                    precond=args.precond, latent_norm=args.latent_norm and latent > 0,
-                                   code_map=args.code_map and latent > 0, code_map_from=args.code_map_from)
+                                   code_map=args.code_map and latent > 0, code_map_from=args.code_map_from,
+                                   mid_attn=args.mid_attn)
     if latent:
         config["encoder"] = dict(arch, ch=args.enc_ch, latent_dim=latent,
                                  probabilistic=args.objective in ("vdrl", "vae"), time_cond=args.time_cond)
@@ -229,11 +237,14 @@ def net_config(args, sigma_data):
 def diffusion_loss(nets, sde, x0, args):
     """DSM loss of the score net given the encoder's code of the clean image: eq. 7 (drl), eq. 8
     (vdrl), eq. 9 (time-conditioned encoder), eq. 4 (score: no encoder, no code)."""
-    t = sde.sample_t(len(x0), args.t_sampling, args.t_fixed, args.t_eps, args.p_mean, args.p_std, x0.device,
+    k = args.noise_per_image  # the score net sees each image (and its one code) at k noise levels
+    t = sde.sample_t(k * len(x0), args.t_sampling, args.t_fixed, args.t_eps, args.p_mean, args.p_std, x0.device,
                      args.t_uniform_share)
+    z, mu, logvar = reparameterise(*nets["encoder"](x0, t)) if "encoder" in nets else (None,) * 3
+    if k > 1:
+        x0, z = x0.repeat(k, 1, 1, 1), z.repeat(k, 1) if z is not None else None
     noise = torch.randn_like(x0)
     std = sde.marginal_std(t)
-    z, mu, logvar = reparameterise(*nets["encoder"](x0, t)) if "encoder" in nets else (None,) * 3
     score = nets["score_net"](sde.perturb(x0, t, noise), t, z)
     loss = dsm_loss(score, noise, std, args.weighting, score_net_of(nets).sigma_data).mean()
     return loss, code_regulariser(z, mu, logvar, args, loss.device)

@@ -137,7 +137,8 @@ def down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size, cond_dim
 class UNet(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  dropout=0.0, latent_dim=0, sigma_min=0.01, sigma_max=50.0, sigma_data=0.5,
-                 fourier_scale=16.0, precond="paper", latent_norm=False, code_map=False, code_map_from="emb"):
+                 fourier_scale=16.0, precond="paper", latent_norm=False, code_map=False, code_map_from="emb",
+                 mid_attn=True):
         super().__init__()
         if precond not in ("paper", "edm"):
             raise ValueError(f"unknown precond {precond!r}: use paper or edm")
@@ -158,7 +159,7 @@ class UNet(nn.Module):
         self.code_map = nn.Linear(map_in, ch * self.map_size ** 2) if latent_dim and code_map else None
         self.down, skips, cur = down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size,
                                           emb, dropout)
-        self.mid = nn.ModuleList([ResBlock(cur, cur, emb, dropout), Attention(cur),
+        self.mid = nn.ModuleList([ResBlock(cur, cur, emb, dropout), *([Attention(cur)] if mid_attn else []),
                                   ResBlock(cur, cur, emb, dropout)])
         self.up, res = nn.ModuleList(), [image_size]
         for _ in ch_mult[1:]:

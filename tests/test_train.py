@@ -192,6 +192,21 @@ def test_code_map_from_z_and_a_uniform_share_train_end_to_end(tmp_path):
     assert not torch.allclose(score_net(x, t, z), score_net(x, t, z.flip(0)))
 
 
+def test_noise_per_image_encodes_once_and_scores_k_times():
+    args = train_drl.parse_args(TINY + ["--noise-per-image", "3", "--no-mid-attn"])
+    tr = train_drl.Training(args, torch.device("cpu"))
+    from unet import Attention
+    assert not any(isinstance(m, Attention) for m in tr.nets["score_net"].mid)  # --no-mid-attn
+    batches = {}
+    for name in ("encoder", "score_net"):
+        tr.nets[name].register_forward_hook(lambda m, inp, out, name=name: batches.update({name: len(inp[0])}))
+    x0 = tr.next_batch()
+    train_drl.diffusion_loss(tr.nets, tr.sde, x0, args)
+    assert batches == {"encoder": len(x0), "score_net": 3 * len(x0)}
+    with pytest.raises(SystemExit):
+        train_drl.parse_args(TINY + ["--noise-per-image", "2", "--time-cond"])
+
+
 def test_cosine_decay_over_steps_or_minutes():
     import types
     tr = types.SimpleNamespace(args=types.SimpleNamespace(lr=1e-3, warmup=10, steps=110, lr_decay="cosine"),
