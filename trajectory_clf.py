@@ -1,5 +1,6 @@
 """Classify with the whole curve t -> E(x0, t) of a time-conditioned encoder ("From points to
-functions", Mittal et al.), and see what each t holds.
+functions", Mittal et al.), and see what each t holds. A static code (the AE's) gets the same MLP, for
+comparison.
 
     python trajectory_clf.py --ckpt runs/fmnist-tc/ckpt.pt --out traj/fmnist
     python trajectory_clf.py --ckpt runs/fmnist-tc/ckpt.pt --out traj/fmnist --nmi   # + MINE NMI map
@@ -282,9 +283,12 @@ def main(argv=None):
     device = torch.device(args.device)
     with exit_on(DataError, CheckpointError):
         _, encoder, _, ckpt = load_run(args.ckpt, device)
-        if encoder is None or not encoder.time_cond:
-            raise CheckpointError(f"{args.ckpt} has no time-conditioned encoder, so every t gives the same code; "
-                                  f"train one with `python train_drl.py --objective drl --time-cond`")
+        if encoder is None:
+            raise CheckpointError(f"{args.ckpt} is a plain score model with no encoder; pass a run with one "
+                                  f"(a time-conditioned one: `python train_drl.py --objective drl --time-cond`)")
+        if not encoder.time_cond and args.nmi:
+            raise CheckpointError(f"{args.ckpt} has a static encoder: one code per image, no map between points "
+                                  f"of a trajectory; drop --nmi")
         out = prepare_out(args.out)  # after the checkpoint: a wrong --ckpt leaves no empty folder behind
         run = ckpt["args"]
         images, y_train = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=True)
@@ -293,6 +297,10 @@ def main(argv=None):
     images, y_train = images[perm], y_train[perm]
     test_images, y_test = test_images[: args.max_test], y_test[: args.max_test]
     ts = [k / (args.points - 1) for k in range(args.points)]
+    models = args.models.split(",") if args.models else None
+    if not encoder.time_cond:  # a static code (the AE's, say): the same MLP on its one code, for comparison
+        ts, models = [0.0], ["mlp@0"]
+        print(f"{args.ckpt}: a static encoder, so one code per image: only the MLP on it", flush=True)
 
     t0 = time.perf_counter()
     subset = f"{run['dataset']}|{len(images)}|{args.seed}|{len(test_images)}"
@@ -312,10 +320,10 @@ def main(argv=None):
           f"{len(x_test)} test images at {args.points} points, {x_train.shape[2]}-d codes "
           f"({encode_seconds:.0f} s to encode or load)", flush=True)
 
-    models = args.models.split(",") if args.models else None
     rows = compare(data, ts, args.lrs, args.seeds, args.epochs, models)
     result = dict(ckpt=str(args.ckpt), dataset=run["dataset"], ts=ts, train_images=len(x_train) - n_val,
                   val_images=n_val, test_images=len(x_test), epochs=args.epochs, seeds=args.seeds,
+                  time_cond=encoder.time_cond,
                   device=str(device), models=rows)
     if args.nmi:
         x = x_train[: args.nmi_n]

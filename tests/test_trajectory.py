@@ -72,5 +72,13 @@ def test_stage_end_to_end(tmp_path, tiny_run):
     for name in ("accuracy.png", "attention.png", "nmi.png"):
         assert (tmp_path / "traj" / name).stat().st_size > 0
     assert len(list((tmp_path / "traj" / "cache").iterdir())) == 2 * 3  # train and test codes at 3 t
-    with pytest.raises(SystemExit, match="no time-conditioned encoder"):
-        tc.main(["--ckpt", tiny_run("drl"), "--out", str(tmp_path / "x"), "--device", "cpu"])
+    with pytest.raises(SystemExit, match="a static encoder.*drop --nmi"):
+        tc.main(["--ckpt", tiny_run("drl"), "--out", str(tmp_path / "x"), "--device", "cpu", "--nmi"])
+
+
+def test_a_static_code_gets_the_same_mlp_for_comparison(tmp_path, tiny_run):
+    """The AE's (or a static DRL) code: one point, the MLP alone, same split and seeds as a trajectory."""
+    result = tc.main(["--ckpt", tiny_run("ae"), "--out", str(tmp_path / "ae"), "--epochs", "1", "--seeds", "1",
+                      "--lrs", "1e-3", "--max-train", "200", "--max-test", "100", "--device", "cpu"])
+    assert [r["model"] for r in result["models"]] == ["mlp@0"] and result["time_cond"] is False
+    assert 0 <= result["models"][0]["test_mean"] <= 1
