@@ -1,4 +1,5 @@
-"""The PC sampler against a score known in closed form, and every sample.py mode end to end."""
+"""The samplers against a score known in closed form, samplers.py copied on its own, and every
+sample.py mode end to end."""
 import json
 
 import pytest
@@ -13,6 +14,27 @@ MU, S = 1.5, 0.4  # data N(MU, S^2 I): p_t = N(MU, (S^2 + std(t)^2) I), its scor
 
 def gaussian_score(x, t):
     return -(x - MU) / (S ** 2 + sde.marginal_std(t) ** 2)[:, None]
+
+
+def test_the_samplers_work_copied_beside_sde_py_alone(tmp_path):
+    """samplers.py and sde.py in an empty folder, no other file of this project importable."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    for name in ("samplers.py", "sde.py"):
+        shutil.copy(root / name, tmp_path / name)
+    code = ("import torch; from sde import VESDE; from samplers import pc_sample, heun_sample\n"
+            "sde = VESDE(); torch.manual_seed(0)\n"
+            "score = lambda x, t: -(x - 1.5) / (0.16 + sde.marginal_std(t) ** 2)[:, None]\n"
+            "for x, _ in (pc_sample(sde, score, (2000, 4), steps=200), heun_sample(sde, score, (2000, 4), steps=30)):\n"
+            "    assert abs(x.mean().item() - 1.5) < 0.05 and abs(x.var().item() / 0.16 - 1) < 0.15\n"
+            "print('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # only the folder itself is importable
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "ok", done.stderr
 
 
 @pytest.mark.parametrize("predictor", ["reverse_diffusion", "euler_maruyama", "probability_flow"])
