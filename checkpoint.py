@@ -37,6 +37,17 @@ def save_atomic(obj, path):
         tmp.unlink(missing_ok=True)
 
 
+def default_ch_mult(image_size):
+    """Channel multipliers per resolution when none are given: two resolutions at 28 px, three at 32."""
+    return [1, 2] if image_size == 28 else [1, 2, 2]
+
+
+def encoder_config(in_ch, image_size, ch, latent_dim, ch_mult=None, num_res_blocks=1, **extra):
+    """The encoder's constructor arguments, as train_drl.py builds them (and semisup.py without a run)."""
+    return dict(in_ch=in_ch, image_size=image_size, ch=ch, latent_dim=latent_dim,
+                ch_mult=list(ch_mult or default_ch_mult(image_size)), num_res_blocks=num_res_blocks, **extra)
+
+
 def build_nets(config):
     """Rebuild the run's networks from the constructor arguments stored in its checkpoint: a dict
     name -> module holding those of score_net, encoder, decoder, projector the run has."""

@@ -44,7 +44,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, load_run, save_atomic
+from checkpoint import CheckpointError, encoder_config, load_run, save_atomic
 from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset
 from runtime import autocast, check_numbers, exit_on, float_list, pick_device, prepare_out
 from encoder import Encoder
@@ -215,7 +215,7 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", default=None, help="train_drl.py run: its encoder (--init drl) or architecture")
     p.add_argument("--init", choices=["drl", "random"], default="drl")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's; needed without --ckpt")
-    p.add_argument("--ch", type=int, default=32, help="architecture without --ckpt")
+    p.add_argument("--ch", type=int, default=16, help="architecture without --ckpt")
     p.add_argument("--latent-dim", type=int, default=128, help="architecture without --ckpt")
     p.add_argument("--num-labeled", type=int, default=100)
     p.add_argument("--label-seed", type=int, default=0)
@@ -263,7 +263,7 @@ def build_encoder(args):
     of its architecture (of --ch and --latent-dim without --ckpt)."""
     if args.ckpt is None:
         in_ch, size, _ = IMAGE_SHAPE[args.dataset]
-        config = dict(in_ch=in_ch, image_size=size, ch=args.ch, latent_dim=args.latent_dim)
+        config = encoder_config(in_ch, size, args.ch, args.latent_dim)  # train_drl.py's cpu-preset encoder
         return Encoder(**config), config, args.dataset, args.data_dir
     _, encoder, _, ckpt = load_run(args.ckpt, device="cpu")
     if encoder is None:

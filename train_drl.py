@@ -37,7 +37,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from checkpoint import CheckpointError, build_nets, encode_images, read_checkpoint, save_atomic
+from checkpoint import (CheckpointError, build_nets, default_ch_mult, encode_images, encoder_config, read_checkpoint,
+                        save_atomic)
 from data import DATASETS, IMAGE_SHAPE, DataError, data_source, load_dataset
 from encoder import nt_xent, reparameterise
 from linear_probe import linear_probe, participation_ratio
@@ -148,7 +149,7 @@ def parse_args(argv=None):
         if action.help is None:
             action.help = "(default: %(default)s)"
     args = p.parse_args(argv)
-    args.ch_mult = args.ch_mult or ("1,2" if IMAGE_SHAPE[args.dataset][1] == 28 else "1,2,2")
+    args.ch_mult = args.ch_mult or ",".join(map(str, default_ch_mult(IMAGE_SHAPE[args.dataset][1])))
     check_args(p, args)
     if args.latent_norm is None:
         args.latent_norm = args.latent_dim >= MIN_NORM_DIM
@@ -224,8 +225,10 @@ def net_config(args, sigma_data):
                                    code_map=args.code_map and latent > 0, code_map_from=args.code_map_from,
                                    mid_attn=args.mid_attn)
     if latent:
-        config["encoder"] = dict(arch, ch=args.enc_ch, latent_dim=latent,
-                                 probabilistic=args.objective in ("vdrl", "vae"), time_cond=args.time_cond)
+        config["encoder"] = encoder_config(in_ch, size, args.enc_ch, latent, arch["ch_mult"], args.num_res_blocks,
+                                           attn_res=arch["attn_res"], sigma_min=args.sigma_min,
+                                           sigma_max=args.sigma_max, probabilistic=args.objective in ("vdrl", "vae"),
+                                           time_cond=args.time_cond)
     if args.objective in ("ae", "vae"):
         config["decoder"] = dict(in_ch=in_ch, image_size=size, ch=args.enc_ch, ch_mult=arch["ch_mult"],
                                  latent_dim=latent)  # mirrors the encoder

@@ -51,6 +51,15 @@ def test_balanced_subset_and_augment():
     assert torch.equal(semisup.augment(x, pad=0, flip=False), x)        # no shift, no flip: the identity
 
 
+def test_without_a_run_the_encoder_is_train_drl_s(tmp_path):
+    """--init random --dataset NAME builds the encoder train_drl.py's cpu preset builds (one builder)."""
+    import train_drl
+    args = semisup.parse_args(["--init", "random", "--dataset", "shapes", "--device", "cpu"])
+    _, config, _, _ = semisup.build_encoder(args)
+    run = train_drl.net_config(train_drl.parse_args(["--dataset", "shapes"]), 0.3)["encoder"]
+    assert {k: run[k] for k in config} == config and config["ch_mult"] == [1, 2] and config["num_res_blocks"] == 1
+
+
 def test_stage_end_to_end(tmp_path, tiny_run):
     common = ["--ckpt", tiny_run("tc"), "--num-labeled", "20", "--epochs", "2", "--warmup-epochs", "1",
               "--max-train", "600", "--max-test", "200", "--device", "cpu", "--batch-size", "64"]
