@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from encoder import Decoder, Encoder, Projector, encode
+from baselines import Decoder, Projector
+from encoder import Encoder, encode
 from runtime import autocast
 from sde import VESDE
 from unet import UNet

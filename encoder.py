@@ -7,14 +7,10 @@ latent_dim code (as in the paper's app. D). Three kinds:
 - time-conditioned (eq. 9): every residual block is FiLM-modulated by the embedding of t, so an
   image maps to a curve t -> E(x_0, t) (the "infinite-dimensional" code).
 The encoder always reads the clean image x_0. Downstream use goes through `encode`, which returns
-the mean for probabilistic encoders.
-
-The baselines of the paper's Fig. 4 train the same encoder with other heads: `Decoder` (AE, VAE)
-and `Projector` (SimCLR-Gauss), with `nt_xent` as the contrastive loss.
+the mean for probabilistic encoders. The baselines' heads live in baselines.py.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from sde import VESDE
 from unet import TimeEmbedding, down_path, group_norm
@@ -69,58 +65,3 @@ def encode(encoder, x0, t=None):
     if t is not None and not torch.is_tensor(t):
         t = torch.full((x0.shape[0],), float(t), device=x0.device)
     return encoder(x0, t)[0]
-
-
-
-# ---- heads for the baselines (paper Fig. 4): same encoder, other objectives ----
-
-class Decoder(nn.Module):
-    """x_0 from z alone (AE, VAE): dense layers to the encoder's smallest feature map, then per level
-    a nearest-neighbour upsampling and two GroupNorm-SiLU-conv layers; returns pixel logits."""
-
-    def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), latent_dim=128, hidden=256):
-        super().__init__()
-        self.sizes = [image_size]
-        for _ in ch_mult[1:]:
-            self.sizes.append((self.sizes[-1] + 1) // 2)  # the encoder's resolutions, e.g. 28, 14
-        chans = [ch * m for m in ch_mult]
-        self.start = (chans[-1], self.sizes[-1])
-        self.dense = nn.Sequential(nn.Linear(latent_dim, hidden), nn.SiLU(),
-                                   nn.Linear(hidden, chans[-1] * self.sizes[-1] ** 2))
-        self.levels = nn.ModuleList()
-        for c_in, c_out in zip(chans[::-1], chans[::-1][1:] + [chans[0]]):
-            self.levels.append(nn.Sequential(
-                group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
-                group_norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1)))
-        self.out = nn.Sequential(group_norm(chans[0]), nn.SiLU(), nn.Conv2d(chans[0], in_ch, 3, padding=1))
-
-    def forward(self, z):
-        c, s = self.start
-        h = self.dense(z).view(-1, c, s, s)
-        for level, size in zip(self.levels, self.sizes[::-1][1:] + [self.sizes[0]]):
-            h = level(h)
-            if h.shape[-1] != size:
-                h = F.interpolate(h, size=(size, size), mode="nearest")
-        return self.out(h)
-
-
-class Projector(nn.Module):
-    """SimCLR's projection head g(z); the loss reads g(z), downstream tasks read z."""
-
-    def __init__(self, latent_dim=128, hidden=256, out_dim=128):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
-
-    def forward(self, z):
-        return self.net(z)
-
-
-def nt_xent(h1, h2, temperature=0.5):
-    """SimCLR's NT-Xent loss for two views (B, D) of the same B images: each view's positive is the
-    other view of its image, the 2B - 2 other views are negatives. Mean over the 2B anchors."""
-    h = F.normalize(torch.cat([h1, h2]).float(), dim=1)
-    sim = h @ h.T / temperature
-    sim.fill_diagonal_(float("-inf"))  # an anchor is not its own negative
-    b = h1.shape[0]
-    positive = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(h.device)
-    return F.cross_entropy(sim, positive)

@@ -40,7 +40,8 @@ from torch.nn.parallel import DistributedDataParallel
 from checkpoint import (CheckpointError, build_nets, default_ch_mult, encode_images, encoder_config, read_checkpoint,
                         save_atomic)
 from data import DATASETS, IMAGE_SHAPE, DataError, data_source, load_dataset
-from encoder import nt_xent, reparameterise
+from baselines import autoencoder_loss, simclr_gauss_loss
+from encoder import reparameterise
 from linear_probe import linear_probe, participation_ratio
 from runtime import (StopRequest, autocast, check_numbers, count_step_flops, exit_on, lock_run_folder,
                      peak_bf16_flops, pick_device, prepare_out)
@@ -253,22 +254,6 @@ def diffusion_loss(nets, sde, x0, args):
     score = nets["score_net"](sde.perturb(x0, t, noise), t, z)
     loss = dsm_loss(score, noise, std, args.weighting, score_net_of(nets).sigma_data).mean()
     return loss, code_regulariser(z, mu, logvar, args, loss.device)
-
-
-def autoencoder_loss(nets, sde, x0, args):
-    """ae, vae: x_0 from z alone; Bernoulli likelihood of the intensities in [0, 1] (+ KL for vae)."""
-    z, mu, logvar = reparameterise(*nets["encoder"](x0))
-    logits = nets["decoder"](z).float()
-    loss = F.binary_cross_entropy_with_logits(logits, x0, reduction="none").flatten(1).sum(1).mean()
-    return loss, code_regulariser(z, mu, logvar, args, loss.device)
-
-
-def simclr_gauss_loss(nets, sde, x0, args):
-    """SimCLR's NT-Xent on two views of each image that differ only by Gaussian pixel noise."""
-    views = x0.repeat(2, 1, 1, 1)
-    views = views + args.aug_std * torch.randn_like(views)
-    h = nets["projector"](nets["encoder"](views)[0])
-    return nt_xent(*h.chunk(2), args.temperature), torch.zeros((), device=x0.device)
 
 
 def code_regulariser(z, mu, logvar, args, device):

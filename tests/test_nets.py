@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from encoder import Decoder, Encoder, encode, nt_xent
+from baselines import Decoder, nt_xent
+from encoder import Encoder, encode
 from unet import ResBlock, UNet
 
 TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1)
