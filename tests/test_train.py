@@ -150,6 +150,16 @@ def test_benchmark_prints_images_per_second(capsys):
     assert "images/s" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("cost,says", [(lambda batch: 0.02, "launch-bound"),
+                                       (lambda batch: 0.0025 * batch, "work-bound")])
+def test_benchmark_says_what_bounds_the_step(monkeypatch, capsys, cost, says):
+    """A step whose time does not grow with the batch is launch-bound; one that doubles with it is not."""
+    import time
+    monkeypatch.setattr(train_drl.Training, "train_step", lambda self, x0: time.sleep(cost(len(x0))))
+    train_drl.main(TINY + ["--benchmark", "3"])
+    assert f"bound: {says}" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("objective", ["ae", "vae", "simclr_gauss"])
 def test_baselines_train_the_same_encoder_and_save_the_same_format(tmp_path, objective):
     out = run(tmp_path, objective, "--objective", objective, "--steps", "4", "--save-every", "4", "--latent-dim", "8")
