@@ -25,6 +25,7 @@ import argparse
 import json
 import time
 from functools import partial
+from types import SimpleNamespace
 from pathlib import Path
 
 import torch
@@ -41,7 +42,7 @@ from samplers import PREDICTORS, heun_sample, pc_sample
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True)
-    p.add_argument("--mode", choices=["grid", "recon", "prior", "swap", "diversity", "uncond"], default="recon")
+    p.add_argument("--mode", choices=MODES, default="recon")
     p.add_argument("--out", default="samples")
     p.add_argument("--n", type=int, default=8,
                    help="recon, swap: source images; diversity: samples; grid, prior, uncond: images per side")
@@ -104,10 +105,9 @@ def main(argv=None):
                 "uncond": "a plain score model (--objective score)"}.get(args.mode, "an encoder (--objective drl or vdrl)")
         raise SystemExit(f"error: --mode {args.mode} needs {what}; {args.ckpt} is a {run['objective']} run "
                          f"with latent_dim {latent}")
-    shape = tuple(ckpt["config"]["score_net"][k] for k in ("in_ch", "image_size", "image_size"))
-    if run.get("t_sampling") == "sigma":  # P(sigma < 1) = 2%: the last stretch of every sample is barely trained
-        print("note: this run drew sigma uniformly in training (the cpu preset's choice for codes), so its score net "
-              "saw few noise levels below 1 and samples keep a grain; for samples train with --t-sampling uniform")
+    if run.get("t_sampling") == "sigma" and not run.get("t_uniform_share"):
+        print("note: this run drew sigma uniformly in training, so its score net saw few noise levels below 1 "
+              "and samples keep a grain; for samples train with --t-uniform-share or --t-sampling uniform")
 
     def score_fn_for(z=None, x0=None):
         """s(x, t, z) with a fixed code z, or the code of clean images x0 (recomputed per t if the
@@ -134,63 +134,89 @@ def main(argv=None):
         sample_fn = partial(pc_sample, steps=args.steps, predictor=args.predictor, snr=args.snr,
                             corrector_steps=args.corrector_steps, t_init=args.t_init, denoise=args.denoise,
                             device=device)
-    info, t0, n_images = {}, time.perf_counter(), 0
-    if args.mode == "uncond":
-        x, nfe = sample_fn(sde, score_fn_for(), (args.n * args.n, *shape))
-        grid, nrow, n_images = x, args.n, args.n * args.n
-    elif args.mode == "grid":
-        if args.range is not None:
-            lo, hi = torch.full((2,), -args.range, device=device), torch.full((2,), args.range, device=device)
-        else:  # codes need not sit near N(0, I) (a KL weight of 1e-5 barely pulls them): span the data's
-            with torch.no_grad(), autocast(device):
-                codes = torch.cat([encoder(x)[0].float() for x in test_images(2000).split(500)])
-            lo, hi = codes.quantile(torch.tensor([0.02, 0.98], device=device), dim=0)
-            info["range"] = [lo.tolist(), hi.tolist()]
-        axes = [torch.linspace(lo[i].item(), hi[i].item(), args.n, device=device) for i in range(2)]
-        z1, z2 = torch.meshgrid(axes[0], axes[1].flip(0), indexing="xy")  # z1 grows rightwards, z2 upwards
-        z = torch.stack([z1, z2], -1).reshape(-1, 2)
-        x, nfe = sample_fn(sde, score_fn_for(z=z), (len(z), *shape))
-        grid, nrow, n_images = x, args.n, len(z)
-    elif args.mode == "prior":
-        z = torch.randn(args.n * args.n, latent, device=device)
-        x, nfe = sample_fn(sde, score_fn_for(z=z), (len(z), *shape))
-        grid, nrow, n_images = x, args.n, len(z)
-    elif args.mode in ("recon", "diversity"):
-        k = args.per_code if args.mode == "recon" else args.n
-        x0, y0 = test_images(args.n if args.mode == "recon" else 1, labels=True)
-        donors = x0[derangement(len(x0), device)] if args.shuffle_codes else x0  # whose code each source gets
-        src, source_labels = donors.repeat_interleave(k, 0), y0.repeat_interleave(k, 0)
-        x, nfe = sample_fn(sde, score_fn_for(x0=src), (len(src), *shape))
-        rows = torch.cat([x0[:, None], x.reshape(len(x0), k, *shape)], 1)
-        grid, nrow, n_images = rows.flatten(0, 1), k + 1, len(src)
-        if args.mode == "recon" and args.nn_eval:
-            info.update(nn_eval(sde, score_fn_for, *test_images(100, labels=True), sample_fn))
-            n_images += 200
-    else:  # swap
-        x0 = test_images(2 * args.n)
-        a, b = x0[: args.n], x0[args.n:]
-        t = torch.full((args.n,), args.t_swap, device=device)
-        x_init = sde.perturb(a, t, torch.randn_like(a))
-        x, nfe = sample_fn(sde, score_fn_for(x0=b), (args.n, *shape), x_init=x_init, t_init=args.t_swap)
-        grid, nrow, n_images = torch.cat([a, x_init, b, x]), args.n, args.n
+    shape = tuple(ckpt["config"]["score_net"][k] for k in ("in_ch", "image_size", "image_size"))
+    ctx = SimpleNamespace(args=args, sde=sde, encoder=encoder, latent=latent, shape=shape, device=device,
+                          score_fn_for=score_fn_for, test_images=test_images, sample_fn=sample_fn, info={})
+    t0 = time.perf_counter()
+    made = MODES[args.mode](ctx)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    save_image(grid.clamp(0, 1), out / f"{args.mode}.png", nrow=nrow, padding=1, pad_value=0.5)
-    if args.save_tensor:  # the samples themselves, for benchmarks/sample_quality.py
-        saved = dict(samples=x.cpu())
-        if args.mode == "recon":
-            saved["labels"] = source_labels.cpu()  # each sample's source image's class
-        torch.save(saved, out / f"{args.mode}.pt")
+    save_image(made["grid"].clamp(0, 1), out / f"{args.mode}.png", nrow=made["nrow"], padding=1, pad_value=0.5)
+    if args.save_tensor:  # the samples themselves (and recon's source labels), for benchmarks/sample_quality.py
+        torch.save({k: made[k].cpu() for k in ("samples", "labels") if k in made}, out / f"{args.mode}.pt")
     info = dict(mode=args.mode, ckpt=str(args.ckpt), sampler=args.sampler, steps=args.steps, predictor=args.predictor,
                 corrector_steps=args.corrector_steps, snr=args.snr, churn=args.churn, t_init=args.t_init,
-                shuffle_codes=args.shuffle_codes,
-                nfe_per_image=nfe, images=n_images, seconds=seconds, images_per_s=n_images / seconds,
-                device=str(device), **info)
+                shuffle_codes=args.shuffle_codes, nfe_per_image=made["nfe"], images=made["images"], seconds=seconds,
+                images_per_s=made["images"] / seconds, device=str(device), **ctx.info)
     if device.type == "cuda":
         info["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     (out / f"{args.mode}.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info))
+
+
+# ---- the modes: each ctx -> dict(grid, nrow, samples, nfe, images[, labels]) ----
+
+def from_codes(ctx, z, nrow):
+    """Samples of the given codes (or none, for a plain score model), one per code, laid out nrow a row."""
+    x, nfe = ctx.sample_fn(ctx.sde, ctx.score_fn_for(z=z), (len(z) if z is not None else nrow * nrow, *ctx.shape))
+    return dict(grid=x, nrow=nrow, samples=x, nfe=nfe, images=len(x))
+
+
+def mode_uncond(ctx):
+    return from_codes(ctx, None, ctx.args.n)
+
+
+def mode_prior(ctx):
+    return from_codes(ctx, torch.randn(ctx.args.n ** 2, ctx.latent, device=ctx.device), ctx.args.n)
+
+
+def mode_grid(ctx):
+    """A grid of 2-D codes over [-range, range]^2, or where the test images' codes lie (2nd-98th
+    percentile per axis): a KL weight of 1e-5 barely pulls the codes towards N(0, I)."""
+    args, device = ctx.args, ctx.device
+    if args.range is not None:
+        lo, hi = torch.full((2,), -args.range, device=device), torch.full((2,), args.range, device=device)
+    else:
+        with torch.no_grad(), autocast(device):
+            codes = torch.cat([ctx.encoder(x)[0].float() for x in ctx.test_images(2000).split(500)])
+        lo, hi = codes.quantile(torch.tensor([0.02, 0.98], device=device), dim=0)
+        ctx.info["range"] = [lo.tolist(), hi.tolist()]
+    axes = [torch.linspace(lo[i].item(), hi[i].item(), args.n, device=device) for i in range(2)]
+    z1, z2 = torch.meshgrid(axes[0], axes[1].flip(0), indexing="xy")  # z1 grows rightwards, z2 upwards
+    return from_codes(ctx, torch.stack([z1, z2], -1).reshape(-1, 2), args.n)
+
+
+def mode_recon(ctx):
+    """Each test image (left) and samples of its code; --shuffle-codes gives each another's code."""
+    args = ctx.args
+    k = args.per_code if args.mode == "recon" else args.n
+    x0, y0 = ctx.test_images(args.n if args.mode == "recon" else 1, labels=True)
+    donors = x0[derangement(len(x0), ctx.device)] if args.shuffle_codes else x0  # whose code each source gets
+    src = donors.repeat_interleave(k, 0)
+    x, nfe = ctx.sample_fn(ctx.sde, ctx.score_fn_for(x0=src), (len(src), *ctx.shape))
+    rows = torch.cat([x0[:, None], x.reshape(len(x0), k, *ctx.shape)], 1)
+    made = dict(grid=rows.flatten(0, 1), nrow=k + 1, samples=x, nfe=nfe, images=len(src),
+                labels=y0.repeat_interleave(k, 0))  # each sample's source image's class
+    if args.mode == "recon" and args.nn_eval:
+        ctx.info.update(nn_eval(ctx.sde, ctx.score_fn_for, *ctx.test_images(100, labels=True), ctx.sample_fn))
+        made["images"] += 200
+    return made
+
+
+def mode_swap(ctx):
+    """Rows: images A, A perturbed to t_swap, images B, A denoised from t_swap with B's code."""
+    args = ctx.args
+    x0 = ctx.test_images(2 * args.n)
+    a, b = x0[: args.n], x0[args.n:]
+    t = torch.full((args.n,), args.t_swap, device=ctx.device)
+    x_init = ctx.sde.perturb(a, t, torch.randn_like(a))
+    x, nfe = ctx.sample_fn(ctx.sde, ctx.score_fn_for(x0=b), (args.n, *ctx.shape), x_init=x_init, t_init=args.t_swap)
+    return dict(grid=torch.cat([a, x_init, b, x]), nrow=args.n, samples=x, nfe=nfe, images=args.n)
+
+
+MODES = dict(uncond=mode_uncond, prior=mode_prior, grid=mode_grid, recon=mode_recon, diversity=mode_recon,
+             swap=mode_swap)
 
 
 def derangement(n, device):
