@@ -6,15 +6,13 @@ arguments), the networks and their EMA copies, the optimiser, the AMP scaler and
 `load_run` rebuilds the networks from config, so no stage asks for architecture flags again. The
 downstream stages' codes are encoded here too, and cached per (checkpoint, t, images).
 """
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
 from baselines import Decoder, Projector
-from encoder import Encoder, encode
-from runtime import autocast
+from encoder import Encoder
 from sde import VESDE
 from unet import UNet
 
@@ -89,33 +87,3 @@ def run_name(path):
     """A short name that identifies a checkpoint: its folder, plus the file's stem unless it is ckpt.pt."""
     path = Path(path)
     return path.resolve().parent.name + ("" if path.name == "ckpt.pt" else f"-{path.stem}")
-
-
-# ---- codes for the downstream stages: encoded in batches, cached per (checkpoint, t, images) ----
-
-@torch.no_grad()
-def encode_images(encoder, images, t, device, batch_size=500):
-    """Codes (N, D) float32 on `device` of uint8 images (N, C, H, W) at time t (None: no t); the mean
-    for a probabilistic encoder."""
-    codes = []
-    for x in images.split(batch_size):
-        with autocast(device):
-            codes.append(encode(encoder, x.to(device).float() / 255, t).float())
-    return torch.cat(codes)
-
-
-def checkpoint_key(path):
-    """Names one version of a checkpoint file (path, mtime, size): a retrained run gets new codes."""
-    stat = Path(path).stat()
-    return f"{Path(path).resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
-
-
-def cached_codes(cache, key, make):
-    """make() once per key; later runs load the codes from cache/KEY_HASH.pt."""
-    path = Path(cache) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
-    if path.exists():
-        return torch.load(path, weights_only=True)
-    codes = make().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(codes, path)
-    return codes

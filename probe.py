@@ -34,7 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, build_nets, cached_codes, checkpoint_key, encode_images, load_run, run_name
+from checkpoint import CheckpointError, build_nets, load_run, run_name
+from codes import cached_codes, checkpoint_key, encode_images
 from data import DataError, load_dataset, shapes_fine_factor
 from linear_probe import accuracy, linear_probe, participation_ratio, standardise
 from runtime import check_numbers, exit_on, float_list, pick_device, prepare_out

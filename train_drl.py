@@ -37,8 +37,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
-from checkpoint import (CheckpointError, build_nets, default_ch_mult, encode_images, encoder_config, read_checkpoint,
-                        save_atomic)
+from checkpoint import CheckpointError, build_nets, default_ch_mult, encoder_config, read_checkpoint, save_atomic
+from codes import encode_images
 from data import DATASETS, IMAGE_SHAPE, DataError, data_source, load_dataset
 from baselines import autoencoder_loss, simclr_gauss_loss
 from encoder import reparameterise

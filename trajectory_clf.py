@@ -42,7 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, cached_codes, checkpoint_key, encode_images, load_run
+from checkpoint import CheckpointError, load_run
+from codes import cached_codes, checkpoint_key, encode_images
 from data import DataError, load_dataset
 from runtime import check_numbers, exit_on, float_list, pick_device, prepare_out
 

@@ -240,7 +240,7 @@ def test_minutes_budget_stops_and_saves(tmp_path):
 
 
 def test_probe_curve_is_the_linear_probe_of_the_ema_encoder(tmp_path):
-    from checkpoint import encode_images
+    from codes import encode_images
     from linear_probe import linear_probe, participation_ratio
     out = run(tmp_path, "p", "--steps", "4", "--save-every", "2", "--probe-n", "200")
     rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]

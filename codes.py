@@ -1,0 +1,38 @@
+"""Codes for the downstream stages: a frozen encoder's codes of a uint8 image set, encoded in batches
+(`encode_images`) and cached on disk per (checkpoint file version, t, images) (`cached_codes`)."""
+import hashlib
+from pathlib import Path
+
+import torch
+
+from checkpoint import save_atomic
+from encoder import encode
+from runtime import autocast
+
+
+@torch.no_grad()
+def encode_images(encoder, images, t, device, batch_size=500):
+    """Codes (N, D) float32 on `device` of uint8 images (N, C, H, W) at time t (None: no t); the mean
+    for a probabilistic encoder."""
+    codes = []
+    for x in images.split(batch_size):
+        with autocast(device):
+            codes.append(encode(encoder, x.to(device).float() / 255, t).float())
+    return torch.cat(codes)
+
+
+def checkpoint_key(path):
+    """Names one version of a checkpoint file (path, mtime, size): a retrained run gets new codes."""
+    stat = Path(path).stat()
+    return f"{Path(path).resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
+
+
+def cached_codes(cache, key, make):
+    """make() once per key; later runs load the codes from cache/KEY_HASH.pt."""
+    path = Path(cache) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
+    if path.exists():
+        return torch.load(path, weights_only=True)
+    codes = make().cpu()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(codes, path)
+    return codes
