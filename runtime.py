@@ -1,5 +1,5 @@
 """Where the stages run: the device and its autocast, one-line errors, checked flags and folders,
-stopping on a signal, one run per folder, and the FLOP counts of a step. Imports no network.
+stopping on a signal, one run per folder. Imports no network.
 
     device = pick_device(args.device)          # cuda, then mps, then cpu; a clear error if absent
     with autocast(device, "bf16"): ...          # bf16 on CUDA, a no-op where it does not pay
@@ -120,24 +120,3 @@ def lock_run_folder(out):
     for stale in out.glob("*.tmp"):  # left by a run killed while writing
         stale.unlink()
     return handle
-
-
-def peak_bf16_flops(device):
-    """Dense bf16 peak of known GPUs (vendor data sheets, per device), or None: the MFU denominator."""
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, peak in (("H200", 989e12), ("H100 PCIe", 756e12), ("H100", 989e12), ("A100", 312e12),
-                      ("L40S", 362e12), ("4090", 165e12)):
-        if key in name:
-            return peak
-    return None
-
-
-def count_step_flops(loss_fn, x0):
-    """FLOPs of one training step's forward and backward, counted by torch.utils.flop_counter."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter:
-        loss, reg = loss_fn(x0)
-        (loss + reg).backward()
-    return counter.get_total_flops()

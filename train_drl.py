@@ -43,9 +43,9 @@ from data import DATASETS, IMAGE_SHAPE, DataError, data_source, load_dataset
 from baselines import autoencoder_loss, simclr_gauss_loss
 from encoder import reparameterise
 from linear_probe import linear_probe, participation_ratio
-from runtime import (StopRequest, autocast, check_numbers, count_step_flops, exit_on, lock_run_folder,
-                     peak_bf16_flops, pick_device, prepare_out)
+from runtime import StopRequest, autocast, check_numbers, exit_on, lock_run_folder, pick_device, prepare_out
 from sde import VESDE, dsm_loss, kl_to_standard_normal
+from speed import benchmark
 
 OBJECTIVES = ("drl", "vdrl", "score", "ae", "vae", "simclr_gauss")
 DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
@@ -425,47 +425,6 @@ class Training:
 RESUME_MUST_MATCH = ("dataset", "objective", "t_sampling", "t_uniform_share", "t_fixed", "p_mean", "p_std",
                      "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
 ADDED_LATER = dict(t_uniform_share=0.0)  # what a checkpoint saved before a flag existed trained with
-
-
-def benchmark(tr, n_steps):
-    """Time n_steps training steps after 5 of warm-up (and compilation); print images/s, FLOPs and MFU,
-    and what bounds the step: the step is timed at the batch and at half of it, t(B) = fixed + B * per
-    image; a fixed part near the whole step means launches and Python (launch-bound), else the work
-    itself (arithmetic or memory: compare the FLOP rate with the device's peak)."""
-    args, device = tr.args, tr.device
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-
-    def seconds_per_step(batch):
-        tr.batch = batch
-        for _ in range(5):
-            tr.train_step(tr.next_batch())
-        sync()
-        t0 = time.perf_counter()
-        for _ in range(n_steps):
-            tr.train_step(tr.next_batch())
-        sync()
-        return (time.perf_counter() - t0) / n_steps
-
-    full = tr.batch
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    step, half = seconds_per_step(full), seconds_per_step(max(1, full // 2))
-    tr.batch = full
-    fixed = max(0.0, 2 * half - step)  # the intercept of the line through (B/2, half) and (B, step)
-    ips = full * tr.world / step
-    flops = count_step_flops(lambda x0: tr.loss_fn(tr.train_nets, tr.sde, x0, args), tr.next_batch()) / tr.batch
-    n_params = sum(p.numel() for p in tr.params)
-    mem = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
-    peak = peak_bf16_flops(device)
-    mfu = f", MFU {flops * ips / tr.world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s bf16" if peak else ""
-    bound = "launch-bound (fixed cost per step)" if fixed > 0.5 * step else "work-bound (arithmetic or memory)"
-    if tr.rank == 0:
-        print(f"benchmark: {args.objective} {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
-              f"{tr.world} process(es), amp {args.amp}, compile {args.compile}, {device}: {ips:.1f} images/s, "
-              f"{flops / 1e9:.3f} GFLOP/image, {flops * ips / 1e12:.3f} TFLOP/s{mfu}{mem}")
-        print(f"bound: {bound}: {1e3 * step:.1f} ms per step at batch {full}, {1e3 * half:.1f} ms at {full // 2}, "
-              f"so {1e3 * fixed:.1f} ms fixed ({fixed / step:.0%} of the step) and "
-              f"{1e3 * (step - fixed) / full:.3f} ms per image")
 
 
 def write_row(path, row):
