@@ -34,13 +34,12 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from baselines import autoencoder_loss, simclr_gauss_loss
 from checkpoint import CheckpointError, build_nets, default_ch_mult, encoder_config, read_checkpoint, save_atomic
 from codes import encode_images
 from data import DATASETS, IMAGE_SHAPE, DataError, data_source, load_dataset
-from baselines import autoencoder_loss, simclr_gauss_loss
 from encoder import reparameterise
 from linear_probe import linear_probe, participation_ratio
 from runtime import StopRequest, autocast, check_numbers, exit_on, lock_run_folder, pick_device, prepare_out
@@ -167,8 +166,8 @@ def parse_args(argv=None):
 
 def check_args(p, args):
     """One argparse-style line for every value that would fail later, or train silently on nonsense."""
-    check_numbers(p, args, positive=("latent_dim", "noise_per_image", "ch", "enc_ch", "num_res_blocks", "steps", "batch_size",
-                                     "log_every", "save_every", "eval_n", "lr", "ema", "sigma_min", "sigma_max",
+    check_numbers(p, args, positive=("latent_dim", "noise_per_image", "ch", "enc_ch", "num_res_blocks", "steps",
+                                     "batch_size", "log_every", "save_every", "eval_n", "lr", "ema", "sigma_min", "sigma_max",
                                      "temperature", "p_std", "grad_clip", "save_minutes", "minutes"),
                   non_negative=("warmup", "probe_n", "benchmark", "l1", "kl", "decorr", "dropout", "aug_std"))
     if not args.ema < 1:
@@ -499,16 +498,16 @@ def train(tr, out):
     try:
         while tr.step < args.steps and not out_of_time:
             loss, reg = tr.train_step(tr.next_batch())
-            # read the stop request once per step: a signal that lands later in this iteration (during
-            # the log line, the eval or the save) is acted on after the next step, with its own save
-            stopping = stop.requested
             sum_loss, sum_reg, n_sum = sum_loss + loss, sum_reg + reg, n_sum + 1
-            # Time-based decisions (log every 30 s, save every --save-minutes, the --minutes budget) are
-            # rank 0's clock, shared so that every DDP process takes the same branch; checked every 10
-            # steps under DDP (a broadcast), every step otherwise (free).
+            # Time-based decisions (log every 30 s, save every --save-minutes, the --minutes budget) and
+            # a stop request are rank 0's, shared so that every DDP process takes the same branch; checked
+            # every 10 steps under DDP (a broadcast), every step otherwise (free). The stop request is read
+            # once here: a signal that lands later in this iteration (during the log line, the eval or the
+            # save) is acted on after the next step, with its own save.
+            now, check_time = time.time(), tr.world == 1 or tr.step % 10 == 0
+            stopping = check_time and world_agrees(tr, stop.requested)
             elapsed = tr.train_seconds + time.perf_counter() - t0
             tr.progress = elapsed / budget  # 0 without --minutes: the lr decays by steps alone
-            now, check_time = time.time(), tr.world == 1 or tr.step % 10 == 0
             out_of_time = check_time and world_agrees(tr, elapsed >= budget)
             save_time = check_time and world_agrees(tr, now - last_save_time > 60 * args.save_minutes)
             log_time = check_time and world_agrees(tr, now - last_log > 30)
