@@ -18,12 +18,13 @@ architecture. Writes OUT/probe.json (every number), OUT/probe.png (accuracy and 
 OUT/scatter_NAME.png for 2-D codes (and scatter_all.png with one column per run when several runs
 have 2-D codes without t), and caches codes in OUT/cache (a second run only probes).
 """
+import os
 import signal
-import sys
 
 if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback
-    signal.signal(signal.SIGINT, lambda *_: sys.exit("interrupted (Ctrl-C)"))
+    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback (an exception
+    # raised inside torch's own import turns into another one, so the process leaves at once)
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"interrupted (Ctrl-C)\n"), os._exit(1)))
 
 import argparse
 import json

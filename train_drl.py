@@ -16,18 +16,18 @@ Writes OUT/ckpt.pt (one dict, `torch.load(p, weights_only=True)`), OUT/config.js
 OUT/stats.jsonl (with the EMA encoder's linear probe at each save, the probe curve). Running the
 same command again resumes from OUT/ckpt.pt; Ctrl-C saves first.
 """
+import os
 import signal
-import sys
 
 if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback
-    signal.signal(signal.SIGINT, lambda *_: sys.exit("interrupted (Ctrl-C)"))
+    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback (an exception
+    # raised inside torch's own import turns into another one, so the process leaves at once)
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"interrupted (Ctrl-C)\n"), os._exit(1)))
 
 import argparse
 import copy
 import json
 import math
-import os
 import textwrap
 import time
 from pathlib import Path
@@ -473,9 +473,11 @@ def main(argv=None):
         return finish(world, tr.nets)
     if rank == 0:
         drop_rows_after(out / "stats.jsonl", tr.step)
-    train(tr, out)
-    if lock is not None:
-        lock.close()
+    try:
+        train(tr, out)
+    finally:  # however the run ends (a NaN, a second Ctrl-C), the folder is free again
+        if lock is not None:
+            lock.close()
     return finish(world, tr.nets)
 
 

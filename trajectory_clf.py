@@ -25,12 +25,13 @@ itself is infinite; MINE's finite estimate of I(i; i) is only a proxy, so the ma
 
 Writes OUT/trajectory.json, OUT/accuracy.png, OUT/attention.png and, with --nmi, OUT/nmi.png.
 """
+import os
 import signal
-import sys
 
 if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback
-    signal.signal(signal.SIGINT, lambda *_: sys.exit("interrupted (Ctrl-C)"))
+    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback (an exception
+    # raised inside torch's own import turns into another one, so the process leaves at once)
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"interrupted (Ctrl-C)\n"), os._exit(1)))
 
 import argparse
 import json
