@@ -14,7 +14,8 @@ NT-Xent loss, where the only augmentation is additive Gaussian pixel noise).
 
 Writes OUT/ckpt.pt (one dict, `torch.load(p, weights_only=True)`), OUT/config.json and
 OUT/stats.jsonl (with the EMA encoder's linear probe at each save, the probe curve). Running the
-same command again resumes from OUT/ckpt.pt; Ctrl-C saves first.
+same command again resumes from OUT/ckpt.pt; Ctrl-C saves first. The flags and the two presets
+are in train_flags.py.
 """
 import os
 import signal
@@ -24,11 +25,9 @@ if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_
     # raised inside torch's own import turns into another one, so the process leaves at once)
     signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"interrupted (Ctrl-C)\n"), os._exit(1)))
 
-import argparse
 import copy
 import json
 import math
-import textwrap
 import time
 from pathlib import Path
 
@@ -37,177 +36,17 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from baselines import autoencoder_loss, simclr_gauss_loss
-from checkpoint import CheckpointError, build_nets, default_ch_mult, encoder_config, read_checkpoint, save_atomic
+from checkpoint import CheckpointError, build_nets, encoder_config, read_checkpoint, save_atomic
 from codes import encode_images
-from data import DATASETS, IMAGE_SHAPE, DataError, data_source, load_dataset
+from data import IMAGE_SHAPE, DataError, data_source, load_dataset
 from encoder import reparameterise
 from linear_probe import linear_probe, participation_ratio
-from runtime import StopRequest, autocast, check_numbers, exit_on, lock_run_folder, pick_device, prepare_out
+from runtime import StopRequest, autocast, exit_on, lock_run_folder
 from sde import VESDE, dsm_loss, kl_to_standard_normal
 from speed import benchmark
+from train_flags import DIFFUSION, parse_args
 
-OBJECTIVES = ("drl", "vdrl", "score", "ae", "vae", "simclr_gauss")
-DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
-# Presets fill every flag the user does not pass. "paper" follows the papers (app. D, ICML workshop:
-# 28x28x32 and 14x14x64, two residual blocks, 80k steps; Adam 2e-4, 5k warm-up, clip 1, EMA 0.999;
-# lambda = sigma^2, t uniform). "cpu" is what learned the best code in 15 minutes on a 2-core CPU
-# (RESULTS.md; 9400 steps are 15 minutes there): a 16-channel encoder beside a 4-channel score net without middle attention (the step's
-# time goes to the encoder), EDM's preconditioning and weighting, sigma uniform (high noise), the code
-# also as a spatial map read from z, layer-normalised, lr 1e-3.
-PRESETS = {
-    "paper": dict(ch=32, ch_mult=None, num_res_blocks=2, batch_size=128, steps=80_000, warmup=5000, lr=2e-4,
-                  log_every=100, save_every=5000, ema=0.999, precond="paper", weighting="paper",
-                  t_sampling="uniform", latent_norm=False, code_map=False, code_map_from="emb", l1=1e-5,
-                  probe_n=0, lr_decay="none", enc_ch=None, mid_attn=True),
-    "cpu": dict(ch=4, enc_ch=16, ch_mult="1,2", num_res_blocks=1, mid_attn=False, batch_size=64, steps=9400,
-                warmup=200, lr=1e-3, log_every=100, save_every=2350, ema=0.995, precond="edm", weighting="edm",
-                t_sampling="sigma", latent_norm=None, code_map=True, code_map_from="z", l1=0.0,
-                probe_n=5000, lr_decay="none"),
-}
-MIN_NORM_DIM = 8  # a layer norm over D dims leaves D - 1 of them: over 1 it maps every code to 0, over 2 to ±(1, -1)
 EVAL_SEED = 1234  # the eval loss uses the same t and noise at every save and in every run
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=presets_help(),
-                                formatter_class=HelpFormatter)
-    p.add_argument("--preset", choices=PRESETS, default="cpu",
-                   help="cpu: minutes on a laptop; paper: the papers' set-up, sized for a GPU. It fills every "
-                        "flag left out; the defaults shown are those of --preset as given (see below)")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist")
-    p.add_argument("--data-dir", default=None, help="default: ./data, then the system's copy "
-                                                     "(/usr/share/datasets), then a download into ./data")
-    p.add_argument("--out", default=None, help="run folder (default runs/DATASET-OBJECTIVE[-tc])")
-    p.add_argument("--objective", choices=OBJECTIVES, default="drl",
-                   help="drl, vdrl, score (no encoder); baselines: ae, vae, simclr_gauss")
-    p.add_argument("--time-cond", action=argparse.BooleanOptionalAction, default=False,
-                   help="time-conditioned encoder E(x0, t), eq. 9")
-    p.add_argument("--latent-dim", type=int, default=128)
-    p.add_argument("--latent-norm", action=argparse.BooleanOptionalAction,
-                   help=f"layer-normalise z before the score net's latent embedding; needs --latent-dim of at least "
-                        f"{MIN_NORM_DIM} (a 2-d code would become ±(1, -1)); None: on from {MIN_NORM_DIM} dimensions")
-    p.add_argument("--code-map", action=argparse.BooleanOptionalAction,
-                   help="also add the code to the score net as a coarse spatial map (beyond the papers)")
-    p.add_argument("--code-map-from", choices=["z", "emb"],
-                   help="the code map reads z itself (every direction can matter) or its 4*ch-wide embedding")
-    p.add_argument("--decorr", type=float, default=0.0,
-                   help="drl: weight of a penalty on the correlation between code dimensions (beyond the papers)")
-    p.add_argument("--precond", choices=["paper", "edm"], help="score = F / std (paper) or EDM's denoiser")
-    p.add_argument("--weighting", choices=["paper", "edm"], help="lambda = sigma^2 (paper) or EDM's")
-    p.add_argument("--t-sampling", choices=["uniform", "sigma", "fixed", "lognormal"])
-    p.add_argument("--t-uniform-share", type=float, default=0.0,
-                   help="this share of the training times is drawn uniformly in t instead, whatever --t-sampling "
-                        "says: low noise levels keep training, for clean samples (beyond the papers)")
-    p.add_argument("--noise-per-image", type=int, default=1,
-                   help="score-net samples per encoded image: each code is trained at this many noise levels per "
-                        "step (not with --time-cond; beyond the papers)")
-    p.add_argument("--t-fixed", type=float, default=0.5)
-    p.add_argument("--t-eps", type=float, default=1e-5)
-    p.add_argument("--p-mean", type=float, default=-1.2, help="lognormal: mean of ln sigma")
-    p.add_argument("--p-std", type=float, default=1.2, help="lognormal: std of ln sigma")
-    p.add_argument("--l1", type=float, help="L1 weight on z (drl; 0 with --latent-norm, which makes it moot)")
-    p.add_argument("--kl", type=float, default=None, help="KL weight (default 1e-5 for vdrl, 1 for vae)")
-    p.add_argument("--aug-std", type=float, default=0.3, help="simclr_gauss: std of the pixel noise of a view")
-    p.add_argument("--temperature", type=float, default=0.5, help="simclr_gauss: NT-Xent temperature")
-    p.add_argument("--sigma-min", type=float, default=0.01)
-    p.add_argument("--sigma-max", type=float, default=50.0)
-    p.add_argument("--ch", type=int)
-    p.add_argument("--enc-ch", type=int, default=None, help="encoder width (default --ch)")
-    p.add_argument("--ch-mult", help="channel multipliers per resolution, e.g. 1,2,2 "
-                                     "(default 1,2 for 28px, 1,2,2 for 32px)")
-    p.add_argument("--num-res-blocks", type=int)
-    p.add_argument("--attn-res", default="", help="resolutions with self-attention, e.g. 14")
-    p.add_argument("--mid-attn", action=argparse.BooleanOptionalAction,
-                   help="self-attention between the score net's two middle blocks")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--steps", type=int)
-    p.add_argument("--minutes", type=float, default=None,
-                   help="stop (and save) after this many minutes of training: equal wall-clock budgets")
-    p.add_argument("--batch-size", type=int, help="global batch, split over the torchrun processes")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--warmup", type=int)
-    p.add_argument("--lr-decay", choices=["none", "cosine"],
-                   help="after the warm-up: constant lr, or a cosine to zero at the end of the budget "
-                        "(--steps, or --minutes when that comes first)")
-    p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--ema", type=float)
-    p.add_argument("--amp", choices=["bf16", "fp16", "off"], default=None, help="default: bf16 on CUDA, off elsewhere")
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int)
-    p.add_argument("--save-every", type=int)
-    p.add_argument("--save-minutes", type=float, default=10.0, help="also save after this many minutes")
-    p.add_argument("--eval-n", type=int, default=1000, help="test images in the fixed-noise eval loss")
-    p.add_argument("--probe-n", type=int, help="at each save, linear-probe the EMA encoder on this many "
-                                               "training and test images (0: off)")
-    p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps, print images/s, exit")
-    preset = argparse.ArgumentParser(add_help=False)
-    preset.add_argument("--preset", choices=PRESETS, default="cpu")
-    p.set_defaults(**PRESETS[preset.parse_known_args(argv)[0].preset])  # before --help prints them
-    for action in p._actions:  # a flag without help text still shows its default
-        if action.help is None:
-            action.help = "(default: %(default)s)"
-    args = p.parse_args(argv)
-    args.ch_mult = args.ch_mult or ",".join(map(str, default_ch_mult(IMAGE_SHAPE[args.dataset][1])))
-    check_args(p, args)
-    if args.latent_norm is None:
-        args.latent_norm = args.latent_dim >= MIN_NORM_DIM
-    args.enc_ch = args.enc_ch or args.ch
-    args.out = args.out or f"runs/{args.dataset}-{args.objective}" + ("-tc" if args.time_cond else "")
-    try:
-        args.device = str(pick_device(args.device))
-    except ValueError as e:
-        p.error(str(e))
-    args.amp = args.amp or ("bf16" if args.device.startswith("cuda") else "off")
-    args.kl = args.kl if args.kl is not None else (1.0 if args.objective == "vae" else 1e-5)
-    return args
-
-
-def check_args(p, args):
-    """One argparse-style line for every value that would fail later, or train silently on nonsense."""
-    check_numbers(p, args, positive=("latent_dim", "noise_per_image", "ch", "enc_ch", "num_res_blocks", "steps",
-                                     "batch_size", "log_every", "save_every", "eval_n", "lr", "ema", "sigma_min", "sigma_max",
-                                     "temperature", "p_std", "grad_clip", "save_minutes", "minutes"),
-                  non_negative=("warmup", "probe_n", "benchmark", "l1", "kl", "decorr", "dropout", "aug_std"))
-    if not args.ema < 1:
-        p.error(f"--ema must lie in (0, 1), not {args.ema}")
-    if not args.sigma_min < args.sigma_max:
-        p.error(f"--sigma-min ({args.sigma_min}) must be below --sigma-max ({args.sigma_max})")
-    if not 0 < args.t_fixed <= 1:
-        p.error(f"--t-fixed must lie in (0, 1] (t = 0 has no noise to remove), not {args.t_fixed}")
-    if not 0 <= args.t_uniform_share <= 1:
-        p.error(f"--t-uniform-share must lie in [0, 1], not {args.t_uniform_share}")
-    if not 0 < args.t_eps < 1:
-        p.error(f"--t-eps must lie in (0, 1), not {args.t_eps}")
-    if args.noise_per_image > 1 and args.time_cond:
-        p.error("--noise-per-image above 1 needs a static encoder: a time-conditioned one codes each t anew")
-    if args.time_cond and args.objective not in ("drl", "vdrl"):
-        p.error(f"--time-cond needs --objective drl or vdrl (a {args.objective} encoder has no t)")
-    if args.latent_norm and args.latent_dim < MIN_NORM_DIM:
-        p.error(f"--latent-norm needs --latent-dim {MIN_NORM_DIM} or more: it would map a {args.latent_dim}-d code to "
-                f"a few fixed points, so the score net could not read it; pass --no-latent-norm")
-    mult = args.ch_mult.split(",")
-    if not all(m.isdigit() and int(m) > 0 for m in mult):
-        p.error(f"--ch-mult must be positive whole numbers separated by commas, e.g. 1,2; not {args.ch_mult!r}")
-    resolutions = [IMAGE_SHAPE[args.dataset][1]]
-    for _ in mult[1:]:
-        resolutions.append((resolutions[-1] + 1) // 2)
-    attn = [r for r in args.attn_res.split(",") if r]
-    if not all(r.isdigit() and int(r) in resolutions for r in attn):
-        p.error(f"--attn-res must name resolutions the net has ({','.join(map(str, resolutions))} for --ch-mult "
-                f"{args.ch_mult} on {args.dataset}), separated by commas; not {args.attn_res!r}")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows every default (the preset's where it fills the flag) and keeps the epilog's lines."""
-
-
-def presets_help():
-    rows = [textwrap.fill(f"{name}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items()
-                                                  if v is not None), 100, initial_indent="  ", subsequent_indent="    ")
-            for name, values in PRESETS.items()]
-    return "presets (what each sets when the flag is left out):\n" + "\n".join(rows)
 
 
 def net_config(args, sigma_data):
@@ -223,7 +62,7 @@ def net_config(args, sigma_data):
         config["score_net"] = dict(arch, latent_dim=latent, dropout=args.dropout, sigma_data=sigma_data,
                                    precond=args.precond, latent_norm=args.latent_norm and latent > 0,
                                    code_map=args.code_map and latent > 0, code_map_from=args.code_map_from,
-                                   mid_attn=args.mid_attn)
+                                   mid_attn=args.mid_attn, emb_dim=args.emb_dim)
     if latent:
         config["encoder"] = encoder_config(in_ch, size, args.enc_ch, latent, arch["ch_mult"], args.num_res_blocks,
                                            attn_res=arch["attn_res"], sigma_min=args.sigma_min,
@@ -399,7 +238,8 @@ class Training:
         ckpt = read_checkpoint(self.ckpt_path)
         same = {k: (ckpt["args"].get(k, ADDED_LATER.get(k)), getattr(self.args, k)) for k in RESUME_MUST_MATCH}
         differ = [f"--{k.replace('_', '-')} {new} (saved: {old})" for k, (old, new) in same.items() if old != new]
-        present = lambda c: {k: v for k, v in c.items() if v}  # runs saved before a net slot existed
+        # runs saved before a net slot or a constructor option (default None) existed
+        present = lambda c: {k: present(v) if isinstance(v, dict) else v for k, v in c.items() if v is not None and v != {}}
         if differ or present(ckpt.get("config", {})) != present(self.config):
             what = ", ".join(differ) if differ else "the networks differ"
             raise CheckpointError(f"{self.ckpt_path} holds another run ({what}); pass the flags it was trained "

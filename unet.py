@@ -16,7 +16,8 @@ activations from sigma = 0.01 to 50. The network F's output becomes a score in o
   F's target has unit variance at every std, and at high noise D is F read as an image.
 With code_map, the code is also projected to a coarse ch-channel image, upsampled and added after
 the stem: FiLM alone gives every pixel the same modulation. The map is read from z itself
-(code_map_from="z", every direction of z can matter) or from its 4*ch-wide embedding ("emb"). With latent_norm, z is
+(code_map_from="z", every direction of z can matter) or from its embedding ("emb"), which is emb_dim
+wide (default 4*ch). With latent_norm, z is
 layer-normalised (no affine) before its embedding: the score net sees every code at one scale,
 whatever the encoder's output scale. Both are measured levers beyond the papers (README).
 """
@@ -138,14 +139,14 @@ class UNet(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  dropout=0.0, latent_dim=0, sigma_min=0.01, sigma_max=50.0, sigma_data=0.5,
                  fourier_scale=16.0, precond="paper", latent_norm=False, code_map=False, code_map_from="emb",
-                 mid_attn=True):
+                 mid_attn=True, emb_dim=None):
         super().__init__()
         if precond not in ("paper", "edm"):
             raise ValueError(f"unknown precond {precond!r}: use paper or edm")
         self.sde, self.sigma_data, self.latent_dim = VESDE(sigma_min, sigma_max), sigma_data, latent_dim
         self.precond = precond
         self.latent_norm = nn.LayerNorm(latent_dim, elementwise_affine=False) if latent_dim and latent_norm else None
-        emb = 4 * ch
+        emb = emb_dim or 4 * ch  # the conditioning vector's width: how many directions of t and z FiLM can read
         self.time_embed = TimeEmbedding(emb, self.sde, fourier_scale)
         self.latent_embed = (nn.Sequential(nn.Linear(latent_dim, emb), nn.SiLU(), nn.Linear(emb, emb))
                              if latent_dim else None)

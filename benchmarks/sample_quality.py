@@ -6,8 +6,9 @@
 A small CNN is trained once on the data set's training split (8 epochs, ~10 minutes on one CPU core; its test
 accuracy is printed and saved) and cached as OUT/classifier.pt. From it, for a tensor of samples:
 - fd: the Fréchet distance between Gaussians fitted to the classifier's penultimate features of the
-  samples and of as many test images, ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)); biased upward
-  at small N, so compare rows only at equal N;
+  samples and of the first N test images (a recon sample's sources), ||mu1 - mu2||^2 + Tr(S1 + S2 -
+  2 (S1 S2)^(1/2)); biased upward at small N, so compare rows only at equal N; fd_independent: the same
+  against the next N test images, which no sample was drawn from;
 - class agreement (recon samples, which carry their source's label): how often the classifier's
   class of a sample is its source image's class;
 - saturation: the fraction of pixels at 0 or 255 after clipping and rounding to 8 bits, for samples
@@ -133,7 +134,8 @@ def main(argv=None):
         f_samples, c_samples = features_and_classes(net, x)
         f_real, _ = features_and_classes(net, real)
         row = dict(samples=str(path), n=n, classifier_test_accuracy=accuracy,
-                   fd=frechet_distance(f_samples, f_real[:n]),
+                   fd=frechet_distance(f_samples, f_real[:n]),  # the N images recon samples were drawn from
+                   fd_independent=frechet_distance(f_samples, f_real[n:]),  # N images they were not drawn from
                    fd_test_vs_test=frechet_distance(f_real[n:], f_real[:n]),  # N independent images
                    saturation_samples=saturation(x), saturation_test_images=saturation(real[:n]),
                    white_samples=saturation(x, [255]), white_test_images=saturation(real[:n], [255]))

@@ -29,8 +29,10 @@ ROWS = {  # name: sample.py flags; NFE per image in the comment
     "flow-100": PC + ["probability_flow", "--corrector-steps", "0", "--steps", "100"],    # 100
     "flow-1000": PC + ["probability_flow", "--corrector-steps", "0", "--steps", "1000"],  # 1000
     "heun-10": ["--sampler", "heun", "--steps", "10"],                                    # 19
+    "heun-13": ["--sampler", "heun", "--steps", "13"],                                    # 25
     "heun-18": ["--sampler", "heun", "--steps", "18"],                                    # 35
     "heun-25": ["--sampler", "heun", "--steps", "25"],                                    # 49
+    "heun-49": ["--sampler", "heun", "--steps", "49"],                                    # 97
     "heun-25-churn": ["--sampler", "heun", "--steps", "25", "--churn", "10"],             # 49
     "heun-25-shuffled": ["--sampler", "heun", "--steps", "25", "--shuffle-codes"],        # 49: chance agreement
 }
@@ -42,7 +44,7 @@ def main(argv=None):
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, from {', '.join(ROWS)}")
     p.add_argument("--n", type=int, default=250, help="samples per row = test images they are compared with")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--data-dir", default="./data")
+    p.add_argument("--data-dir", default=None, help="default: ./data, then the system's copy")
     p.add_argument("--out", default="runs/sampler_table")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0, help="the noise; rows of another seed go to ROW-sSEED folders")
@@ -69,8 +71,8 @@ def main(argv=None):
             sampled.append((name, row, folder))
     # one scoring pass: the test set and the classifier are loaded once
     qualities = sample_quality.main([*(str(folder / "recon.pt") for _, _, folder in sampled), "--dataset", args.dataset,
-                                     "--data-dir", args.data_dir, "--out", str(out), "--device", args.device,
-                                     "--epochs", str(args.epochs)])
+                                     *(["--data-dir", args.data_dir] if args.data_dir else []), "--out", str(out),
+                                     "--device", args.device, "--epochs", str(args.epochs)])
     table = []
     for (name, row, folder), quality in zip(sampled, qualities):
         run = json.loads((folder / "recon.json").read_text())
@@ -82,10 +84,12 @@ def main(argv=None):
           f"{table[0]['fd_test_vs_test']:.2f}; classifier test accuracy {table[0]['classifier_test_accuracy']:.3f}; "
           f"test images' pixels at 0 or 255: {table[0]['saturation_test_images']:.3f}, "
           f"at 255: {table[0]['white_test_images']:.4f}\n")
-    print("| checkpoint | sampler | NFE | FD | class agreement | pixels at 0 or 255 | at 255 | seconds |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| checkpoint | sampler | NFE | FD (sources) | FD (other test images) | class agreement | pixels at 0 or 255 "
+          "| at 255 | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in table:
-        print(f"| {r['ckpt']} | {r['row']} | {r['nfe']} | {r['fd']:.1f} | {r['class_agreement']:.3f} | "
+        print(f"| {r['ckpt']} | {r['row']} | {r['nfe']} | {r['fd']:.1f} | {r['fd_independent']:.1f} | "
+              f"{r['class_agreement']:.3f} | "
               f"{r['saturation_samples']:.3f} | {r['white_samples']:.4f} | {r['seconds']:.0f} |")
     return table
 

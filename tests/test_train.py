@@ -7,6 +7,7 @@ import torch
 import data
 import train_drl
 from checkpoint import CheckpointError, load_run
+from unet import ResBlock
 from data import load_dataset
 
 TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "16",
@@ -202,6 +203,20 @@ def test_code_map_from_z_and_a_uniform_share_train_end_to_end(tmp_path):
     assert not torch.allclose(score_net(x, t, z), score_net(x, t, z.flip(0)))
 
 
+def test_emb_dim_widens_every_film_input_and_old_checkpoints_still_resume(tmp_path):
+    out = run(tmp_path, "e", "--steps", "2", "--save-every", "2", "--emb-dim", "48")
+    score_net, encoder, _, ckpt = load_run(out / "ckpt.pt")
+    films = [m.film for m in score_net.modules() if isinstance(m, ResBlock)]
+    assert films and all(f.in_features == 48 for f in films) and score_net.latent_embed[-1].out_features == 48
+    # a checkpoint saved before the option existed (no emb_dim in its config) resumes with the flag left out
+    out = run(tmp_path, "old", "--steps", "2", "--save-every", "2")
+    saved = torch.load(out / "ckpt.pt", weights_only=False)
+    del saved["config"]["score_net"]["emb_dim"]
+    torch.save(saved, out / "ckpt.pt")
+    run(tmp_path, "old", "--steps", "3", "--save-every", "3")
+    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 3
+
+
 def test_noise_per_image_encodes_once_and_scores_k_times():
     args = train_drl.parse_args(TINY + ["--noise-per-image", "3", "--no-mid-attn"])
     tr = train_drl.Training(args, torch.device("cpu"))
@@ -391,7 +406,8 @@ def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
     (["--ch-mult", "1,x"], "--ch-mult must be positive whole numbers"), (["--attn-res", "abc"], "--attn-res must name"),
     (["--attn-res", "13"], "--attn-res must name resolutions the net has (28,14"),
     (["--latent-dim", "2", "--latent-norm"], "--latent-norm needs --latent-dim 8 or more"),
-    (["--t-uniform-share", "1.5"], "--t-uniform-share must lie in [0, 1]")])
+    (["--t-uniform-share", "1.5"], "--t-uniform-share must lie in [0, 1]"),
+    (["--emb-dim", "33"], "--emb-dim must be even"), (["--emb-dim", "-2"], "--emb-dim must be a positive")])
 def test_bad_numbers_get_one_argparse_line(tmp_path, capsys, flags, says):
     with pytest.raises(SystemExit) as e:
         train_drl.main(TINY + ["--out", str(tmp_path / "x"), *flags])
