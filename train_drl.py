@@ -62,7 +62,8 @@ def net_config(args, sigma_data):
         config["score_net"] = dict(arch, latent_dim=latent, dropout=args.dropout, sigma_data=sigma_data,
                                    precond=args.precond, latent_norm=args.latent_norm and latent > 0,
                                    code_map=args.code_map and latent > 0, code_map_from=args.code_map_from,
-                                   mid_attn=args.mid_attn, emb_dim=args.emb_dim)
+                                   mid_attn=args.mid_attn, emb_dim=args.emb_dim,
+                                   code_map_every_res=args.code_map_every_res)
     if latent:
         config["encoder"] = encoder_config(in_ch, size, args.enc_ch, latent, arch["ch_mult"], args.num_res_blocks,
                                            attn_res=arch["attn_res"], sigma_min=args.sigma_min,
@@ -83,7 +84,7 @@ def diffusion_loss(nets, sde, x0, args):
     (vdrl), eq. 9 (time-conditioned encoder), eq. 4 (score: no encoder, no code)."""
     k = args.noise_per_image  # the score net sees each image (and its one code) at k noise levels
     t = sde.sample_t(k * len(x0), args.t_sampling, args.t_fixed, args.t_eps, args.p_mean, args.p_std, x0.device,
-                     args.t_uniform_share)
+                     args.t_uniform_share, args.t_stratified)
     z, mu, logvar = reparameterise(*nets["encoder"](x0, t)) if "encoder" in nets else (None,) * 3
     if k > 1:
         x0, z = x0.repeat(k, 1, 1, 1), z.repeat(k, 1) if z is not None else None

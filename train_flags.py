@@ -54,6 +54,9 @@ def parse_args(argv=None):
                    help="also add the code to the score net as a coarse spatial map (beyond the papers)")
     p.add_argument("--code-map-from", choices=["z", "emb"],
                    help="the code map reads z itself (every direction can matter) or its --emb-dim-wide embedding")
+    p.add_argument("--code-map-every-res", action=argparse.BooleanOptionalAction, default=False,
+                   help="with --code-map, every lower resolution of the score net gets its own map of the code "
+                        "too (per-resolution projections of z; beyond the papers)")
     p.add_argument("--decorr", type=float, default=0.0,
                    help="drl: weight of a penalty on the correlation between code dimensions (beyond the papers)")
     p.add_argument("--precond", choices=["paper", "edm"], help="score = F / std (paper) or EDM's denoiser")
@@ -62,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--t-uniform-share", type=float, default=0.0,
                    help="this share of the training times is drawn uniformly in t instead, whatever --t-sampling "
                         "says: low noise levels keep training, for clean samples (beyond the papers)")
+    p.add_argument("--t-stratified", action=argparse.BooleanOptionalAction, default=False,
+                   help="one training time in each of B equal strata of the batch's distribution: the same "
+                        "distribution, a lower-variance loss (VDM's low-discrepancy sampler; beyond the papers)")
     p.add_argument("--noise-per-image", type=int, default=1,
                    help="score-net samples per encoded image: each code is trained at this many noise levels per "
                         "step (not with --time-cond; beyond the papers)")

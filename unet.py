@@ -17,7 +17,8 @@ activations from sigma = 0.01 to 50. The network F's output becomes a score in o
 With code_map, the code is also projected to a coarse ch-channel image, upsampled and added after
 the stem: FiLM alone gives every pixel the same modulation. The map is read from z itself
 (code_map_from="z", every direction of z can matter) or from its embedding ("emb"), which is emb_dim
-wide (default 4*ch). With latent_norm, z is
+wide (default 4*ch); with code_map_every_res, every lower resolution of the down path gets a map of
+its own width too (per-resolution projections of z). With latent_norm, z is
 layer-normalised (no affine) before its embedding: the score net sees every code at one scale,
 whatever the encoder's output scale. Both are measured levers beyond the papers (README).
 """
@@ -139,7 +140,7 @@ class UNet(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  dropout=0.0, latent_dim=0, sigma_min=0.01, sigma_max=50.0, sigma_data=0.5,
                  fourier_scale=16.0, precond="paper", latent_norm=False, code_map=False, code_map_from="emb",
-                 mid_attn=True, emb_dim=None):
+                 mid_attn=True, emb_dim=None, code_map_every_res=False):
         super().__init__()
         if precond not in ("paper", "edm"):
             raise ValueError(f"unknown precond {precond!r}: use paper or edm")
@@ -160,6 +161,9 @@ class UNet(nn.Module):
         self.code_map = nn.Linear(map_in, ch * self.map_size ** 2) if latent_dim and code_map else None
         self.down, skips, cur = down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size,
                                           emb, dropout)
+        # with code_map_every_res, each lower resolution gets its own map too, added after its downsampling
+        self.res_maps = nn.ModuleList([nn.Linear(map_in, ch * mult * self.map_size ** 2) for mult in ch_mult[:-1]]
+                                      if self.code_map is not None and code_map_every_res else [])
         self.mid = nn.ModuleList([ResBlock(cur, cur, emb, dropout), *([Attention(cur)] if mid_attn else []),
                                   ResBlock(cur, cur, emb, dropout)])
         self.up, res = nn.ModuleList(), [image_size]
@@ -178,6 +182,7 @@ class UNet(nn.Module):
     def forward(self, x, t, z=None):
         """Score s(x_t, t, z) for a batch x (B, C, H, W), times t (B,), codes z (B, latent_dim) or None."""
         cond, code_image = self.time_embed(t), None
+        res_maps = []
         if self.latent_embed is not None:
             if z is None:
                 raise ValueError("this score net was built with latent_dim > 0: pass the code z")
@@ -185,9 +190,9 @@ class UNet(nn.Module):
             z_emb = self.latent_embed(z)
             cond = cond + z_emb
             if self.code_map is not None:
-                m = self.code_map(z if self.code_map_from == "z" else F.silu(z_emb))
-                m = m.view(len(x), -1, self.map_size, self.map_size)
-                code_image = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
+                source = z if self.code_map_from == "z" else F.silu(z_emb)
+                code_image = self.map_image(self.code_map, source, x.shape[-2:])
+                res_maps = [(layer, source) for layer in self.res_maps]
         std = self.sde.marginal_std(t.float())[:, None, None, None]
         var = self.sigma_data ** 2 + std ** 2
         h = x * torch.rsqrt(var)  # c_in
@@ -197,6 +202,8 @@ class UNet(nn.Module):
                 h = block(h) if code_image is None else block(h) + code_image
             else:
                 h = block(h, cond)
+            if isinstance(block, Downsample) and res_maps:
+                h = h + self.map_image(*res_maps.pop(0), h.shape[-2:])
             if isinstance(block, Attention):
                 hs[-1] = h  # the skip of a stage is taken after its attention
             else:
@@ -211,6 +218,11 @@ class UNet(nn.Module):
             else:
                 h = block(h, cond)
         return precondition(self.out(h).float(), x.float(), std, self.precond, self.sigma_data)
+
+    def map_image(self, layer, source, size):
+        """A code map: the linear projection of the code to a map_size^2 image, resized to `size`."""
+        m = layer(source).view(len(source), -1, self.map_size, self.map_size)
+        return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
 
 def precondition(f, x, std, precond="paper", sigma_data=0.5):

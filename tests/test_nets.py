@@ -128,3 +128,20 @@ def test_shapes_fine_factor_matches_the_images():
         m = labels == shape
         means = [ink[m & (width == w)].mean() for w in (1, 2, 3)]
         assert means[0] < means[1] < means[2]
+
+
+def test_per_resolution_code_maps_reach_the_score_at_every_lower_resolution():
+    """With code_map_every_res the code enters after each downsampling too: with FiLM and the stem's
+    map cut, z still steers the score through those maps, and cutting them as well leaves none."""
+    net = randomise_zero_inits(UNet(latent_dim=6, code_map=True, code_map_from="z", code_map_every_res=True,
+                                    ch=8, ch_mult=(1, 2, 2), num_res_blocks=1))
+    assert [m.out_features for m in net.res_maps] == [8 * 49, 16 * 49]  # the widths after each downsampling
+    x, t, z1, z2 = torch.randn(2, 1, 28, 28), torch.full((2,), 0.5), torch.randn(2, 6), torch.randn(2, 6)
+    for block in net.modules():
+        if isinstance(block, ResBlock):
+            torch.nn.init.zeros_(block.film.weight)
+    torch.nn.init.zeros_(net.code_map.weight)
+    assert not torch.allclose(net(x, t, z1), net(x, t, z2))
+    for layer in net.res_maps:
+        torch.nn.init.zeros_(layer.weight)
+    assert torch.allclose(net(x, t, z1), net(x, t, z2))

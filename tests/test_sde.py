@@ -218,3 +218,19 @@ def test_a_uniform_share_mixes_uniform_t_into_any_mode():
         f_uniform = (sde.t_of_std(torch.tensor(s)) - 1e-5) / (1 - 1e-5)
         f_sigma = (math.sqrt(s ** 2 + sde.sigma_min ** 2) - sde.sigma_min) / (sde.sigma_max - sde.sigma_min)
         assert abs((std <= s).float().mean().item() - (u * f_uniform + (1 - u) * f_sigma)) < 0.003
+
+
+@pytest.mark.parametrize("mode", ["uniform", "sigma", "lognormal"])
+def test_stratified_times_put_one_draw_in_each_stratum_of_the_same_distribution(mode):
+    """Stratified: sorted, the n draws' CDF values are (u + i) / n, one per stratum; pooled over many
+    batches they follow the plain mode's distribution (its quantiles, from a large plain sample)."""
+    torch.manual_seed(0)
+    n = 64
+    batch = sde.sample_t(n, mode, stratified=True)
+    reference = sde.sample_t(400000, mode).sort().values
+    cdf = torch.searchsorted(reference, batch.sort().values).double() / len(reference)
+    strata = (cdf * n).floor()
+    assert torch.equal(strata, torch.arange(n, dtype=torch.double))  # one draw per 1/n of the distribution
+    pooled = torch.cat([sde.sample_t(n, mode, stratified=True) for _ in range(2000)])
+    for q in (0.1, 0.5, 0.9):
+        assert abs(pooled.quantile(q).item() - reference[int(q * len(reference))].item()) < 0.01
