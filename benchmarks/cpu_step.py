@@ -3,12 +3,14 @@ process (round-robin, so every set-up sees the same machine load), on Fashion-MN
 
     python benchmarks/cpu_step.py --threads 2 --steps 20 --rounds 3
     python benchmarks/cpu_step.py --threads 2 --compile     # also torch.compile (inductor's C++ backend)
+    python benchmarks/cpu_step.py --threads 1 --rows "preset=" "emb64=--emb-dim 64" "ae=--objective ae"
 
 Rows: the `cpu` preset as it was (a 16-channel score net with middle attention, the code map read from
 the code's embedding), the same with channels_last, and the `cpu` preset now (a 4-channel score net
 without middle attention, the code map read from z), plus the autoencoder baseline for scale. Each
 row builds train_drl.py's own Training object and times Training.train_step; the median round is
-printed. The step is the same code in every row: only the flags differ.
+printed. The step is the same code in every row: only the flags differ. --rows replaces the rows by
+NAME=FLAGS pairs (train_drl.py flags on top of the `cpu` preset; the first row is the reference).
 """
 import argparse
 import statistics
@@ -54,9 +56,14 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="steps per set-up per round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--compile", action="store_true", help="add compiled rows (slow to build)")
+    p.add_argument("--rows", nargs="+", metavar="NAME=FLAGS", help="these set-ups instead (first: the reference)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     setups = dict(SETUPS)
+    if args.rows:
+        if not all("=" in r for r in args.rows):
+            p.error('--rows takes NAME=FLAGS pairs, e.g. "preset=" "wide=--enc-ch 32"')
+        setups = {name: flags.split() for name, flags in (r.split("=", 1) for r in args.rows)}
     if args.compile:
         setups["cpu preset before, compiled"] = BEFORE
         setups["cpu preset now, compiled"] = []
@@ -71,7 +78,7 @@ def main(argv=None):
     base = statistics.median(speeds[next(iter(setups))])
     print(f"{args.threads} thread(s), batch {next(iter(trainings.values())).batch}, median of {args.rounds} rounds "
           f"of {args.steps} steps, {torch.__version__}")
-    print("| set-up | images/s | vs before |\n|---|---|---|")
+    print(f"| set-up | images/s | vs {next(iter(setups))} |\n|---|---|---|")
     for name, s in speeds.items():
         print(f"| {name} | {statistics.median(s):.0f} | {statistics.median(s) / base:.2f}x |")
 

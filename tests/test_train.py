@@ -161,6 +161,18 @@ def test_benchmark_says_what_bounds_the_step(monkeypatch, capsys, cost, says):
     assert f"bound: {says}" in capsys.readouterr().out
 
 
+def test_cpu_step_benchmark_times_the_rows_it_is_given(capsys):
+    import sys
+    sys.path.insert(0, "benchmarks")
+    import cpu_step
+    cpu_step.main(["--threads", "1", "--steps", "1", "--rounds", "1", "--rows", "base=", "wide=--emb-dim 32"])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| base") or
+            line.startswith("| wide")]
+    assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
+    with pytest.raises(SystemExit):
+        cpu_step.main(["--rows", "no-equals-sign"])
+
+
 @pytest.mark.parametrize("objective", ["ae", "vae", "simclr_gauss"])
 def test_baselines_train_the_same_encoder_and_save_the_same_format(tmp_path, objective):
     out = run(tmp_path, objective, "--objective", objective, "--steps", "4", "--save-every", "4", "--latent-dim", "8")
