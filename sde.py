@@ -53,7 +53,7 @@ class VESDE:
         return -_bc(self.g(t), x) ** 2 * score
 
     def sample_t(self, n, mode="uniform", t_fixed=0.5, eps=1e-5, p_mean=-1.2, p_std=1.2, device=None,
-                 uniform_share=0.0, stratified=False):
+                 uniform_share=0.0, stratified=False, return_share=False):
         """Training times; the mode sets what the code encodes (granularity control, TMLR sec. 3.3).
 
         uniform: t ~ U(eps, 1), i.e. log sigma uniform: every scale alike (the papers' default).
@@ -63,15 +63,19 @@ class VESDE:
         below sigma_min trains at std = sigma_min (t = 0.04), never at a smaller std; p_mean picks the
         scale the code favours.
         uniform_share: that share of the draws is uniform in t instead (a mixture), so that a
-        high-noise mode still trains the low noise levels where a sample's texture is made.
+        high-noise mode still trains the low noise levels where a sample's texture is made; with
+        return_share, also which draws came from that share (a bool mask).
         stratified: the n underlying uniforms are (u + i) / n for one random u, one in each of n equal
         strata, so a batch covers the noise levels evenly (the low-discrepancy sampler of Kingma et al.
         2021, VDM): the same distribution per draw, a lower-variance loss per batch.
         """
-        if uniform_share:
+        if uniform_share or return_share:
             t = self.sample_t(n, mode, t_fixed, eps, p_mean, p_std, device, stratified=stratified)
-            return torch.where(torch.rand(n, device=device) < uniform_share, self.sample_t(n, "uniform", eps=eps,
-                                                                                            device=device), t)
+            share = torch.zeros(n, dtype=torch.bool, device=device)
+            if uniform_share:
+                share = torch.rand(n, device=device) < uniform_share
+                t = torch.where(share, self.sample_t(n, "uniform", eps=eps, device=device), t)
+            return (t, share) if return_share else t
         u = ((torch.rand(1, device=device) + torch.arange(n, device=device) / n) % 1 if stratified
              else torch.rand(n, device=device))
         if mode == "uniform":

@@ -83,11 +83,13 @@ def diffusion_loss(nets, sde, x0, args):
     """DSM loss of the score net given the encoder's code of the clean image: eq. 7 (drl), eq. 8
     (vdrl), eq. 9 (time-conditioned encoder), eq. 4 (score: no encoder, no code)."""
     k = args.noise_per_image  # the score net sees each image (and its one code) at k noise levels
-    t = sde.sample_t(k * len(x0), args.t_sampling, args.t_fixed, args.t_eps, args.p_mean, args.p_std, x0.device,
-                     args.t_uniform_share, args.t_stratified)
+    t, share = sde.sample_t(k * len(x0), args.t_sampling, args.t_fixed, args.t_eps, args.p_mean, args.p_std,
+                            x0.device, args.t_uniform_share, args.t_stratified, return_share=True)
     z, mu, logvar = reparameterise(*nets["encoder"](x0, t)) if "encoder" in nets else (None,) * 3
     if k > 1:
         x0, z = x0.repeat(k, 1, 1, 1), z.repeat(k, 1) if z is not None else None
+    if args.share_trains == "score-net" and z is not None:  # the uniform share's loss does not reach the encoder
+        z = torch.where(share[:, None], z.detach(), z)
     noise = torch.randn_like(x0)
     std = sde.marginal_std(t)
     score = nets["score_net"](sde.perturb(x0, t, noise), t, z)
@@ -262,9 +264,9 @@ class Training:
 
 
 # flags that define what a run learns: resuming with another value would train a different run
-RESUME_MUST_MATCH = ("dataset", "objective", "t_sampling", "t_uniform_share", "t_fixed", "p_mean", "p_std",
+RESUME_MUST_MATCH = ("dataset", "objective", "t_sampling", "t_uniform_share", "share_trains", "t_fixed", "p_mean", "p_std",
                      "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
-ADDED_LATER = dict(t_uniform_share=0.0)  # what a checkpoint saved before a flag existed trained with
+ADDED_LATER = dict(t_uniform_share=0.0, share_trains="both")  # what a checkpoint saved before a flag existed trained with
 
 
 def write_row(path, row):

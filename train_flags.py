@@ -65,6 +65,9 @@ def parse_args(argv=None):
     p.add_argument("--t-uniform-share", type=float, default=0.0,
                    help="this share of the training times is drawn uniformly in t instead, whatever --t-sampling "
                         "says: low noise levels keep training, for clean samples (beyond the papers)")
+    p.add_argument("--share-trains", choices=["both", "score-net"], default="both",
+                   help="what the --t-uniform-share draws train: both networks, or the score net only (the code "
+                        "then learns from --t-sampling's draws alone; beyond the papers)")
     p.add_argument("--t-stratified", action=argparse.BooleanOptionalAction, default=False,
                    help="one training time in each of B equal strata of the batch's distribution: the same "
                         "distribution, a lower-variance loss (VDM's low-discrepancy sampler; beyond the papers)")

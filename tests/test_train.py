@@ -244,6 +244,20 @@ def test_noise_per_image_encodes_once_and_scores_k_times():
         train_drl.parse_args(TINY + ["--noise-per-image", "2", "--time-cond"])
 
 
+@pytest.mark.parametrize("share,trains,encoder_learns", [(1.0, "score-net", False), (0.5, "score-net", True),
+                                                          (1.0, "both", True)])
+def test_the_uniform_share_can_train_the_score_net_alone(share, trains, encoder_learns):
+    """--share-trains score-net: the loss of the uniform-t draws reaches the score net but not the encoder."""
+    args = train_drl.parse_args(TINY + ["--t-uniform-share", str(share), "--share-trains", trains])
+    tr = train_drl.Training(args, torch.device("cpu"))
+    tr.train_step(tr.next_batch())  # past the zero-initialised output layer, which passes no gradient back
+    tr.opt.zero_grad()
+    loss, _ = train_drl.diffusion_loss(tr.nets, tr.sde, tr.next_batch(), args)
+    loss.backward()
+    grad = lambda name: sum(p.grad.abs().sum().item() for p in tr.nets[name].parameters() if p.grad is not None)
+    assert grad("score_net") > 0 and (grad("encoder") > 0) == encoder_learns
+
+
 def test_cosine_decay_over_steps_or_minutes():
     import types
     tr = types.SimpleNamespace(args=types.SimpleNamespace(lr=1e-3, warmup=10, steps=110, lr_decay="cosine"),
