@@ -11,6 +11,8 @@ from checkpoint import default_ch_mult
 from data import DATASETS, IMAGE_SHAPE
 from runtime import check_numbers, pick_device
 
+DESCRIPTION = ("Train a DRL model: an encoder E(x_0[, t]) and a score net s(x_t, t, z) by denoising score "
+               "matching (TMLR paper, eq. 7-9), or a baseline that trains the same encoder another way.")
 OBJECTIVES = ("drl", "vdrl", "score", "ae", "vae", "simclr_gauss")
 DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
 # Presets fill every flag the user does not pass. "paper" follows the papers (app. D, ICML workshop:
@@ -35,7 +37,7 @@ MIN_NORM_DIM = 8  # a layer norm over D dims leaves D - 1 of them: over 1 it map
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=presets_help(),
+    p = argparse.ArgumentParser(description=DESCRIPTION, epilog=presets_help(),
                                 formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=PRESETS, default="cpu",
                    help="cpu: minutes on a laptop; paper: the papers' set-up, sized for a GPU. It fills every "
