@@ -18,18 +18,18 @@ DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
 # Presets fill every flag the user does not pass. "paper" follows the papers (app. D, ICML workshop:
 # 28x28x32 and 14x14x64, two residual blocks, 80k steps; Adam 2e-4, 5k warm-up, clip 1, EMA 0.999;
 # lambda = sigma^2, t uniform). "cpu" is what learned the best code in 15 minutes on a 2-core CPU
-# (RESULTS.md; 9400 steps are 15 minutes there): a 16-channel encoder beside a 4-channel score net
-# without middle attention (the step's time goes to the encoder), EDM's preconditioning and weighting,
-# half the times sigma uniform (high noise: the class) and half uniform in t (every scale, so the low
-# noise levels where samples get their texture are trained too), the code also as a spatial map read
-# from z, layer-normalised, lr 1e-3.
+# with clean samples too (RESULTS.md; 8000 steps are 15 minutes there): a 16-channel encoder beside an
+# 8-channel score net without middle attention (most of the step's time goes to the encoder), EDM's
+# preconditioning and weighting, half the times sigma uniform (high noise: the class) and half uniform
+# in t (every scale, so the low noise levels where samples get their texture are trained too), the
+# code also as a spatial map read from z, layer-normalised, lr 1e-3.
 PRESETS = {
     "paper": dict(ch=32, ch_mult=None, num_res_blocks=2, batch_size=128, steps=80_000, warmup=5000, lr=2e-4,
                   log_every=100, save_every=5000, ema=0.999, precond="paper", weighting="paper",
                   t_sampling="uniform", latent_norm=False, code_map=False, code_map_from="emb", l1=1e-5,
                   probe_n=0, lr_decay="none", enc_ch=None, mid_attn=True, t_uniform_share=0.0),
-    "cpu": dict(ch=4, enc_ch=16, ch_mult="1,2", num_res_blocks=1, mid_attn=False, batch_size=64, steps=9400,
-                warmup=200, lr=1e-3, log_every=100, save_every=2350, ema=0.995, precond="edm", weighting="edm",
+    "cpu": dict(ch=8, enc_ch=16, ch_mult="1,2", num_res_blocks=1, mid_attn=False, batch_size=64, steps=8000,
+                warmup=200, lr=1e-3, log_every=100, save_every=2000, ema=0.995, precond="edm", weighting="edm",
                 t_sampling="sigma", t_uniform_share=0.5, latent_norm=None, code_map=True, code_map_from="z",
                 l1=0.0, probe_n=5000, lr_decay="none"),
 }

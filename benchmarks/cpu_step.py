@@ -6,8 +6,9 @@ process (round-robin, so every set-up sees the same machine load), on Fashion-MN
     python benchmarks/cpu_step.py --threads 1 --rows "preset=" "emb64=--emb-dim 64" "ae=--objective ae"
 
 Rows: the `cpu` preset as it was (a 16-channel score net with middle attention, the code map read from
-the code's embedding), the same with channels_last, and the `cpu` preset now (a 4-channel score net
-without middle attention, the code map read from z), plus the autoencoder baseline for scale. Each
+the code's embedding), the same with channels_last, a 4-channel score net without middle attention
+(the code map read from z), and the `cpu` preset now (the same at 8 channels), plus the autoencoder
+baseline for scale. Each
 row builds train_drl.py's own Training object and times Training.train_step; the median round is
 printed. The step is the same code in every row: only the flags differ. --rows replaces the rows by
 NAME=FLAGS pairs (train_drl.py flags on top of the `cpu` preset; the first row is the reference).
@@ -27,7 +28,8 @@ BEFORE = ["--ch", "16", "--mid-attn", "--code-map-from", "emb"]
 SETUPS = {
     "cpu preset before (ch 16, middle attention)": BEFORE,
     "cpu preset before, channels_last": BEFORE + ["channels_last"],
-    "cpu preset now (score net ch 4, no middle attention)": [],
+    "score net ch 4, no middle attention": ["--ch", "4"],
+    "cpu preset now (score net ch 8, no middle attention)": [],
     "autoencoder (--objective ae)": ["--objective", "ae"],
 }
 

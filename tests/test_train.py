@@ -396,7 +396,7 @@ def test_help_shows_every_default_and_what_the_presets_set(capsys):
         train_drl.parse_args(["--preset", "paper", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: mnist)" in text and "(default: 0.0002)" in text and "(default: 80000)" in text
-    assert "cpu: --ch 4, --enc-ch 16" in text and "paper: --ch 32" in text
+    assert "cpu: --ch 8, --enc-ch 16" in text and "paper: --ch 32" in text
     assert text.split("options:")[0].count("Train a DRL model") == 1  # the stage's description, not the flags module's
 
 
