@@ -182,7 +182,7 @@ class UNet(nn.Module):
     def forward(self, x, t, z=None):
         """Score s(x_t, t, z) for a batch x (B, C, H, W), times t (B,), codes z (B, latent_dim) or None."""
         cond, code_image = self.time_embed(t), None
-        res_maps = []
+        res_maps = iter(())  # the per-resolution code maps, taken in order after each downsampling
         if self.latent_embed is not None:
             if z is None:
                 raise ValueError("this score net was built with latent_dim > 0: pass the code z")
@@ -192,7 +192,7 @@ class UNet(nn.Module):
             if self.code_map is not None:
                 source = z if self.code_map_from == "z" else F.silu(z_emb)
                 code_image = self.map_image(self.code_map, source, x.shape[-2:])
-                res_maps = [(layer, source) for layer in self.res_maps]
+                res_maps = iter(self.res_maps)
         std = self.sde.marginal_std(t.float())[:, None, None, None]
         var = self.sigma_data ** 2 + std ** 2
         h = x * torch.rsqrt(var)  # c_in
@@ -202,8 +202,8 @@ class UNet(nn.Module):
                 h = block(h) if code_image is None else block(h) + code_image
             else:
                 h = block(h, cond)
-            if isinstance(block, Downsample) and res_maps:
-                h = h + self.map_image(*res_maps.pop(0), h.shape[-2:])
+            if isinstance(block, Downsample) and (layer := next(res_maps, None)) is not None:
+                h = h + self.map_image(layer, source, h.shape[-2:])
             if isinstance(block, Attention):
                 hs[-1] = h  # the skip of a stage is taken after its attention
             else:

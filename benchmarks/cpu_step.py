@@ -8,9 +8,8 @@ process (round-robin, so every set-up sees the same machine load), on Fashion-MN
 Rows: the `cpu` preset as it was (a 16-channel score net with middle attention, the code map read from
 the code's embedding), the same with channels_last, a 4-channel score net without middle attention
 (the code map read from z), and the `cpu` preset now (the same at 8 channels), plus the autoencoder
-baseline for scale. Each
-row builds train_drl.py's own Training object and times Training.train_step; the median round is
-printed. The step is the same code in every row: only the flags differ. --rows replaces the rows by
+baseline for scale. Each row builds train_drl.py's own Training object and times
+Training.train_step; the median round is printed. The step is the same code in every row: only the flags differ. --rows replaces the rows by
 NAME=FLAGS pairs (train_drl.py flags on top of the `cpu` preset; the first row is the reference).
 """
 import argparse
