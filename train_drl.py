@@ -151,7 +151,10 @@ class Training:
                            else dict(self.nets))
         self.emas = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in self.nets.items()}
         self.params = [p for m in self.nets.values() for p in m.parameters()]
-        self.opt = torch.optim.AdamW(self.params, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+        # one group, or two when the encoder's lr is scaled apart from the score net's (--enc-lr-mult)
+        groups = ([dict(params=list(m.parameters()), lr_mult=args.enc_lr_mult if k == "encoder" else 1.0)
+                   for k, m in self.nets.items()] if args.enc_lr_mult != 1 else [dict(params=self.params, lr_mult=1.0)])
+        self.opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                                      fused=device.type in ("cuda", "cpu"))
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16")
         self.sde = VESDE(args.sigma_min, args.sigma_max)
@@ -165,8 +168,9 @@ class Training:
     def train_step(self, x0):
         """One optimiser step and EMA update; returns the (loss, reg) tensors without a host sync."""
         args = self.args
+        lr = self.learning_rate()
         for group in self.opt.param_groups:
-            group["lr"] = self.learning_rate()
+            group["lr"] = lr * group.get("lr_mult", 1.0)  # a checkpoint from before the flag has none
         with autocast(self.device, args.amp):
             loss, reg = self.loss_fn(self.train_nets, self.sde, x0, args)
         self.scaler.scale(loss + reg).backward()
@@ -264,9 +268,9 @@ class Training:
 
 
 # flags that define what a run learns: resuming with another value would train a different run
-RESUME_MUST_MATCH = ("dataset", "objective", "t_sampling", "t_uniform_share", "share_trains", "t_fixed", "p_mean", "p_std",
-                     "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
-ADDED_LATER = dict(t_uniform_share=0.0, share_trains="both")  # what a checkpoint saved before a flag existed trained with
+RESUME_MUST_MATCH = ("dataset", "objective", "enc_lr_mult", "t_sampling", "t_uniform_share", "share_trains", "t_fixed",
+                     "p_mean", "p_std", "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
+ADDED_LATER = dict(t_uniform_share=0.0, share_trains="both", enc_lr_mult=1.0)  # what a checkpoint saved before a flag existed trained with
 
 
 def write_row(path, row):

@@ -105,6 +105,8 @@ def parse_args(argv=None):
                    help="stop (and save) after this many minutes of training: equal wall-clock budgets")
     p.add_argument("--batch-size", type=int, help="global batch, split over the torchrun processes")
     p.add_argument("--lr", type=float)
+    p.add_argument("--enc-lr-mult", type=float, default=1.0,
+                   help="the encoder's lr is --lr times this (the score net's is --lr): beyond the papers")
     p.add_argument("--warmup", type=int)
     p.add_argument("--lr-decay", choices=["none", "cosine"],
                    help="after the warm-up: constant lr, or a cosine to zero at the end of the budget "
@@ -147,7 +149,7 @@ def parse_args(argv=None):
 def check_args(p, args):
     """One argparse-style line for every value that would fail later, or train silently on nonsense."""
     check_numbers(p, args, positive=("latent_dim", "noise_per_image", "ch", "enc_ch", "emb_dim", "num_res_blocks", "steps",
-                                     "batch_size", "log_every", "save_every", "eval_n", "lr", "ema", "sigma_min", "sigma_max",
+                                     "batch_size", "log_every", "save_every", "eval_n", "lr", "enc_lr_mult", "ema", "sigma_min", "sigma_max",
                                      "temperature", "p_std", "grad_clip", "save_minutes", "minutes"),
                   non_negative=("warmup", "probe_n", "benchmark", "l1", "kl", "decorr", "dropout", "aug_std"))
     if args.emb_dim and args.emb_dim % 2:

@@ -258,6 +258,26 @@ def test_the_uniform_share_can_train_the_score_net_alone(share, trains, encoder_
     assert grad("score_net") > 0 and (grad("encoder") > 0) == encoder_learns
 
 
+def test_enc_lr_mult_scales_the_encoders_steps_alone(tmp_path):
+    """--enc-lr-mult: the encoder's Adam step is the multiple of the score net's; a run resumes with it."""
+    args = train_drl.parse_args(TINY + ["--enc-lr-mult", "4", "--warmup", "0"])
+    tr = train_drl.Training(args, torch.device("cpu"))
+    tr.train_step(tr.next_batch())
+    lr_of = {id(p): g["lr"] for g in tr.opt.param_groups for p in g["params"]}
+    by_net = {k: lr_of[id(next(m.parameters()))] for k, m in tr.nets.items()}
+    assert by_net["score_net"] == pytest.approx(args.lr) and by_net["encoder"] == pytest.approx(4 * args.lr)
+    # Adam's first step moves every weight by about lr: the encoder's four times as far
+    before = {k: [p.detach().clone() for p in m.parameters()] for k, m in tr.nets.items()}
+    tr.train_step(tr.next_batch())
+    moved = {k: max((p - b).abs().max().item() for p, b in zip(m.parameters(), before[k])) for k, m in tr.nets.items()}
+    assert moved["encoder"] > 2.5 * args.lr and moved["score_net"] < 1.5 * args.lr
+    out = run(tmp_path, "m", "--steps", "2", "--save-every", "2", "--enc-lr-mult", "4")
+    run(tmp_path, "m", "--steps", "3", "--save-every", "3", "--enc-lr-mult", "4")
+    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 3
+    with pytest.raises(SystemExit):  # resuming with another multiple would train another run
+        run(tmp_path, "m", "--steps", "4", "--enc-lr-mult", "2")
+
+
 def test_cosine_decay_over_steps_or_minutes():
     import types
     tr = types.SimpleNamespace(args=types.SimpleNamespace(lr=1e-3, warmup=10, steps=110, lr_decay="cosine"),
