@@ -9,9 +9,12 @@ parameter count is the nearest to ours. The peer is installed for this benchmark
     python benchmarks/peer.py --device cuda --batch-size 256 --steps 50 --ch 32 --num-res-blocks 2
 
 Modes: `eager` (fp32, contiguous, no compile) for both; `optimised` (bf16 autocast and channels_last
-on CUDA, fused AdamW, torch.compile) for both. Prints images/s and the ratios.
+on CUDA, fused AdamW, torch.compile) for both. Prints images/s and the ratios. Every (network, mode)
+is timed in a child process of its own, killed after --limit seconds (compilation included): a compile
+that does not finish says so in its row instead of holding up the rest.
 """
 import argparse
+import queue
 import sys
 import time
 from pathlib import Path
@@ -62,7 +65,55 @@ def time_steps(model, forward, args, device, optimised):
     return args.steps * args.batch_size / (time.perf_counter() - t0)
 
 
-def main():
+def _child(fn, fn_args, results):
+    results.put(fn(*fn_args))
+
+
+def limited(fn, fn_args, limit):
+    """fn(*fn_args) in a fresh (spawned) process: its result, or None if it fails or is not back in limit s."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(fn, fn_args, results), daemon=True)
+    proc.start()
+    deadline = time.monotonic() + limit
+    try:
+        while time.monotonic() < deadline:
+            try:
+                return results.get(timeout=0.2)
+            except queue.Empty:
+                if not proc.is_alive():  # failed (its traceback is on stderr), or its result is in flight
+                    return results.get(timeout=1) if not results.empty() else None
+        return None
+    finally:
+        proc.kill()
+        proc.join()
+
+
+def networks(args):
+    """name -> (constructor, forward returning the score) for ours and the peer at the nearest size."""
+    from denoising_diffusion_pytorch import Unet  # the peer, imported only here
+
+    mult = tuple(int(m) for m in args.ch_mult.split(","))
+    ours = lambda: UNet(ch=args.ch, ch_mult=mult, num_res_blocks=args.num_res_blocks)
+    target = n_params(ours())
+    dim = min(range(8, 129, 8), key=lambda d: abs(n_params(Unet(dim=d, dim_mults=mult, channels=1)) - target))
+    peer = lambda: Unet(dim=dim, dim_mults=mult, channels=1)
+    # the peer predicts noise from (x, time); score = -prediction / std, so the loss is the same arithmetic
+    return {"ours": (ours, lambda m, x, t, std: m(x, t)),
+            "peer": (peer, lambda m, x, t, std: -m(x, t * 1000).float() / std[:, None, None, None])}, dim
+
+
+def measure(name, mode, args):
+    """images/s of one network in one mode (run in a child process by main)."""
+    device = pick_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(0)
+    build, forward = networks(args)[0][name]
+    return time_steps(build(), forward, args, device, mode == "optimised")
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
     p.add_argument("--batch-size", type=int, default=64)
@@ -72,34 +123,28 @@ def main():
     p.add_argument("--ch-mult", default="1,2")
     p.add_argument("--num-res-blocks", type=int, default=1)
     p.add_argument("--modes", default="eager,optimised")
-    args = p.parse_args()
-    from denoising_diffusion_pytorch import Unet  # the peer, imported only here
-
-    device = pick_device(args.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    mult = tuple(int(m) for m in args.ch_mult.split(","))
-    ours = lambda: UNet(ch=args.ch, ch_mult=mult, num_res_blocks=args.num_res_blocks)
-    target = n_params(ours())
-    dim = min(range(8, 129, 8), key=lambda d: abs(n_params(Unet(dim=d, dim_mults=mult, channels=1)) - target))
-    peer = lambda: Unet(dim=dim, dim_mults=mult, channels=1)
-    # the peer predicts noise from (x, time); score = -prediction / std, so the loss is the same arithmetic
-    forwards = {"ours": lambda m, x, t, std: m(x, t),
-                "peer": lambda m, x, t, std: -m(x, t * 1000).float() / std[:, None, None, None]}
-    print(f"ours: UNet ch {args.ch} mult {mult} blocks {args.num_res_blocks}, {target / 1e6:.3f}M params; "
-          f"peer: Unet dim {dim} mults {mult}, {n_params(peer()) / 1e6:.3f}M params; "
-          f"batch {args.batch_size}, 28x28, {device}, {torch.get_num_threads()} threads")
+    p.add_argument("--limit", type=float, default=300, help="seconds for each network and mode, compile included")
+    args = p.parse_args(argv)
+    try:
+        import denoising_diffusion_pytorch  # noqa: F401
+    except ImportError:
+        sys.exit("peer.py needs the peer's package: pip install denoising-diffusion-pytorch")
+    nets, dim = networks(args)
+    (ours, _), (peer, _) = nets["ours"], nets["peer"]
+    print(f"ours: UNet ch {args.ch} mult {args.ch_mult} blocks {args.num_res_blocks}, {n_params(ours()) / 1e6:.3f}M "
+          f"params; peer: Unet dim {dim} mults {args.ch_mult}, {n_params(peer()) / 1e6:.3f}M "
+          f"params; batch {args.batch_size}, 28x28, {pick_device(args.device)}, {torch.get_num_threads()} threads")
     results = {}
     for mode in args.modes.split(","):
-        for name, build in (("ours", ours), ("peer", peer)):
-            torch.manual_seed(0)
-            results[name, mode] = time_steps(build(), forwards[name], args, device, mode == "optimised")
-            print(f"{name:5s} {mode:10s} {results[name, mode]:9.1f} images/s", flush=True)
+        for name in nets:
+            results[name, mode] = limited(measure, (name, mode, args), args.limit)
+            print(f"{name:5s} {mode:10s} " + (f"{results[name, mode]:9.1f} images/s" if results[name, mode] else
+                                              f"no result (failed, or over --limit {args.limit:g} s)"), flush=True)
+    ratio = lambda a, b: f"{results[a] / results[b]:.2f}" if results.get(a) and results.get(b) else "not measured"
     for mode in args.modes.split(","):
-        print(f"{mode}: ours / peer = {results['ours', mode] / results['peer', mode]:.2f}")
+        print(f"{mode}: ours / peer = {ratio(('ours', mode), ('peer', mode))}")
     if ("ours", "eager") in results and ("ours", "optimised") in results:
-        print(f"ours optimised / ours eager = {results['ours', 'optimised'] / results['ours', 'eager']:.2f}")
-
+        print(f"ours optimised / ours eager = {ratio(('ours', 'optimised'), ('ours', 'eager'))}")
 
 if __name__ == "__main__":
     main()

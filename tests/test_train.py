@@ -173,6 +173,25 @@ def test_cpu_step_benchmark_times_the_rows_it_is_given(capsys):
         cpu_step.main(["--rows", "no-equals-sign"])
 
 
+def test_peer_benchmark_gives_each_network_a_time_limit():
+    """benchmarks/peer.py times every network in a child process: a result comes back, a hang or a
+    failure comes back as None, within the limit, and the missing peer package is one line."""
+    import math
+    import sys
+    import time
+    sys.path.insert(0, "benchmarks")
+    import peer
+    assert peer.limited(math.sqrt, (4.0,), 60) == 2.0
+    start = time.monotonic()
+    assert peer.limited(time.sleep, (60,), 1) is None and time.monotonic() - start < 20
+    assert peer.limited(math.sqrt, (-1.0,), 60) is None  # raises in the child
+    try:
+        import denoising_diffusion_pytorch  # noqa: F401
+    except ImportError:
+        with pytest.raises(SystemExit, match="pip install denoising-diffusion-pytorch"):
+            peer.main(["--steps", "1"])
+
+
 @pytest.mark.parametrize("objective", ["ae", "vae", "simclr_gauss"])
 def test_baselines_train_the_same_encoder_and_save_the_same_format(tmp_path, objective):
     out = run(tmp_path, objective, "--objective", objective, "--steps", "4", "--save-every", "4", "--latent-dim", "8")
