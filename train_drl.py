@@ -142,7 +142,8 @@ class Training:
         n = args.probe_n
         self.probe_data = (images[:n], labels[:n].to(device), test_images[:n], test_labels[:n].to(device))
         self.data_gen = torch.Generator(device=device).manual_seed(args.seed + rank)  # each process its batches
-        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        # channels_last on CUDA and CPU: the cpu preset's step is 1.12-1.19x faster in it on 2 threads (RESULTS.md)
+        self.memory_format = torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
         # networks, EMA copies, optimiser
         self.config = net_config(args, round(sigma_data, 4))
         self.nets = {k: m.to(device, memory_format=self.memory_format) for k, m in build_nets(self.config).items()}

@@ -6,9 +6,10 @@ process (round-robin, so every set-up sees the same machine load), on Fashion-MN
     python benchmarks/cpu_step.py --threads 1 --rows "preset=" "emb64=--emb-dim 64" "ae=--objective ae"
 
 Rows: the `cpu` preset as it was (a 16-channel score net with middle attention, the code map read from
-the code's embedding), the same with channels_last, a 4-channel score net without middle attention
-(the code map read from z), and the `cpu` preset now (the same at 8 channels), plus the autoencoder
-baseline for scale. Each row builds train_drl.py's own Training object and times
+the code's embedding) in contiguous memory and in channels_last (the step's default), a 4-channel score
+net without middle attention (the code map read from z), and the `cpu` preset now (the same at 8
+channels) in both formats, plus the autoencoder baseline for scale. A row's flag `contiguous` trains
+in contiguous memory. Each row builds train_drl.py's own Training object and times
 Training.train_step; the median round is printed. The step is the same code in every row: only the flags differ. --rows replaces the rows by
 NAME=FLAGS pairs (train_drl.py flags on top of the `cpu` preset; the first row is the reference).
 """
@@ -25,23 +26,24 @@ import train_drl  # noqa: E402
 
 BEFORE = ["--ch", "16", "--mid-attn", "--code-map-from", "emb"]
 SETUPS = {
-    "cpu preset before (ch 16, middle attention)": BEFORE,
-    "cpu preset before, channels_last": BEFORE + ["channels_last"],
+    "cpu preset before (ch 16, middle attention), contiguous": BEFORE + ["contiguous"],
+    "cpu preset before, channels_last": BEFORE,
     "score net ch 4, no middle attention": ["--ch", "4"],
-    "cpu preset now (score net ch 8, no middle attention)": [],
+    "cpu preset now (score net ch 8, no middle attention), contiguous": ["contiguous"],
+    "cpu preset now, channels_last (the step's default)": [],
     "autoencoder (--objective ae)": ["--objective", "ae"],
 }
 
 
 def build(flags, dataset, compile_):
-    channels_last = "channels_last" in flags
-    flags = [f for f in flags if f != "channels_last"]
+    contiguous = "contiguous" in flags  # the step's default memory format is channels_last
+    flags = [f for f in flags if f != "contiguous"]
     args = train_drl.parse_args(["--dataset", dataset, "--device", "cpu", "--probe-n", "0", *flags])
     tr = train_drl.Training(args, torch.device("cpu"))
-    if channels_last:
-        tr.memory_format = torch.channels_last
-        for m in tr.nets.values():
-            m.to(memory_format=torch.channels_last)
+    if contiguous:
+        tr.memory_format = torch.contiguous_format
+        for m in [*tr.nets.values(), *tr.emas.values()]:
+            m.to(memory_format=torch.contiguous_format)
     if compile_:
         for m in tr.nets.values():
             m.compile()
