@@ -271,7 +271,8 @@ class Training:
 # flags that define what a run learns: resuming with another value would train a different run
 RESUME_MUST_MATCH = ("dataset", "objective", "enc_lr_mult", "t_sampling", "t_uniform_share", "share_trains", "t_fixed",
                      "p_mean", "p_std", "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
-ADDED_LATER = dict(t_uniform_share=0.0, share_trains="both", enc_lr_mult=1.0)  # what a checkpoint saved before a flag existed trained with
+# what a checkpoint saved before a flag existed trained with
+ADDED_LATER = dict(t_uniform_share=0.0, share_trains="both", enc_lr_mult=1.0)
 
 
 def write_row(path, row):

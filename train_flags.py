@@ -30,8 +30,8 @@ PRESETS = {
                   probe_n=0, lr_decay="none", enc_ch=None, mid_attn=True, t_uniform_share=0.0, enc_lr_mult=1.0),
     "cpu": dict(ch=8, enc_ch=16, ch_mult="1,2", num_res_blocks=1, mid_attn=False, batch_size=64, steps=8000,
                 warmup=200, lr=1e-3, enc_lr_mult=0.3, log_every=100, save_every=2000, ema=0.995, precond="edm",
-                weighting="edm", t_sampling="sigma", t_uniform_share=0.5, latent_norm=None, code_map=True, code_map_from="z",
-                l1=0.0, probe_n=5000, lr_decay="none"),
+                weighting="edm", t_sampling="sigma", t_uniform_share=0.5, latent_norm=None, code_map=True,
+                code_map_from="z", l1=0.0, probe_n=5000, lr_decay="none"),
 }
 MIN_NORM_DIM = 8  # a layer norm over D dims leaves D - 1 of them: over 1 it maps every code to 0, over 2 to ±(1, -1)
 
@@ -148,9 +148,10 @@ def parse_args(argv=None):
 
 def check_args(p, args):
     """One argparse-style line for every value that would fail later, or train silently on nonsense."""
-    check_numbers(p, args, positive=("latent_dim", "noise_per_image", "ch", "enc_ch", "emb_dim", "num_res_blocks", "steps",
-                                     "batch_size", "log_every", "save_every", "eval_n", "lr", "enc_lr_mult", "ema", "sigma_min", "sigma_max",
-                                     "temperature", "p_std", "grad_clip", "save_minutes", "minutes"),
+    check_numbers(p, args, positive=("latent_dim", "noise_per_image", "ch", "enc_ch", "emb_dim", "num_res_blocks",
+                                     "steps", "batch_size", "log_every", "save_every", "eval_n", "lr", "enc_lr_mult",
+                                     "ema", "sigma_min", "sigma_max", "temperature", "p_std", "grad_clip",
+                                     "save_minutes", "minutes"),
                   non_negative=("warmup", "probe_n", "benchmark", "l1", "kl", "decorr", "dropout", "aug_std"))
     if args.emb_dim and args.emb_dim % 2:
         p.error(f"--emb-dim must be even (half sine, half cosine features of t), not {args.emb_dim}")

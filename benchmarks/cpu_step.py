@@ -10,8 +10,9 @@ the code's embedding) in contiguous memory and in channels_last (the step's defa
 net without middle attention (the code map read from z), and the `cpu` preset now (the same at 8
 channels) in both formats, plus the autoencoder baseline for scale. A row's flag `contiguous` trains
 in contiguous memory. Each row builds train_drl.py's own Training object and times
-Training.train_step; the median round is printed. The step is the same code in every row: only the flags differ. --rows replaces the rows by
-NAME=FLAGS pairs (train_drl.py flags on top of the `cpu` preset; the first row is the reference).
+Training.train_step; the median round is printed. The step is the same code in every row: only the
+flags differ. --rows replaces the rows by NAME=FLAGS pairs (train_drl.py flags on top of the `cpu`
+preset; the first row is the reference).
 """
 import argparse
 import statistics

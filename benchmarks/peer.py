@@ -146,5 +146,6 @@ def main(argv=None):
     if ("ours", "eager") in results and ("ours", "optimised") in results:
         print(f"ours optimised / ours eager = {ratio(('ours', 'optimised'), ('ours', 'eager'))}")
 
+
 if __name__ == "__main__":
     main()
