@@ -81,8 +81,11 @@ def limited(fn, fn_args, limit):
             try:
                 return results.get(timeout=0.2)
             except queue.Empty:
-                if not proc.is_alive():  # failed (its traceback is on stderr), or its result is in flight
-                    return results.get(timeout=1) if not results.empty() else None
+                if not proc.is_alive():  # failed (its traceback is on stderr), or its result is still in flight
+                    try:
+                        return results.get(timeout=1)
+                    except queue.Empty:
+                        return None
         return None
     finally:
         proc.kill()
