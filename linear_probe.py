@@ -13,8 +13,24 @@ def standardise(train, *others):
     return [(x - mean) / std for x in (train, *others)]
 
 
-def fit_logistic(x, y, n_classes, weight_decay, max_iter=100):
-    """Multinomial logistic regression: minimise cross-entropy + weight_decay / 2 * ||W||^2 by L-BFGS."""
+def whiten(train, *others, rel_eps=1e-6):
+    """Zero mean, identity covariance (PCA whitening) with the training codes' statistics; directions
+    whose variance is below rel_eps of the largest are dropped. A linear classifier can express the
+    same functions of whitened codes as of the raw ones (the map is invertible on what is kept), but
+    its loss is far better conditioned: on codes whose variance lies in a few correlated directions,
+    L-BFGS on per-feature standardised codes was still gaining a point of test accuracy after 1000
+    iterations, on whitened ones it is done within a few hundred (RESULTS.md, "The linear probe")."""
+    mean = train.mean(0)
+    eig, vec = torch.linalg.eigh(torch.cov((train - mean).double().T))  # ascending
+    keep = eig > rel_eps * eig[-1]
+    keep[-1] = True  # constant codes keep one (zero) feature
+    w = (vec[:, keep] / eig[keep].clamp(min=1e-30).sqrt()).to(train.dtype)
+    return [(x - mean) @ w for x in (train, *others)]
+
+
+def fit_logistic(x, y, n_classes, weight_decay, max_iter=500):
+    """Multinomial logistic regression: minimise cross-entropy + weight_decay / 2 * ||W||^2 by L-BFGS,
+    until the loss stops changing (or max_iter iterations)."""
     # built without drawing from the global RNG (then zeroed): probing a run mid-training must not
     # change its random stream, or a resumed run would not repeat an unbroken one
     layer = nn.utils.skip_init(nn.Linear, x.shape[1], n_classes, device=x.device)
@@ -38,10 +54,10 @@ def accuracy(logits, y):
 
 
 def linear_probe(x_train, y_train, x_test, y_test, weight_decays=(0.0, 1e-4, 1e-3, 1e-2), seed=0):
-    """Test accuracy of a linear classifier on standardised codes; the weight decay is the one that
-    does best on a held-out 10% of the training codes. Returns (accuracy, weight decay)."""
+    """Test accuracy of a linear classifier on whitened codes, fitted to convergence; the weight decay
+    is the one that does best on a held-out 10% of the training codes. Returns (accuracy, weight decay)."""
     n_classes = int(max(y_train.max(), y_test.max())) + 1
-    x_train, x_test = standardise(x_train, x_test)
+    x_train, x_test = whiten(x_train, x_test)
     perm = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed)).to(x_train.device)
     held, fit = perm[: len(perm) // 10], perm[len(perm) // 10:]
     best = max(weight_decays, key=lambda wd: accuracy(

@@ -6,8 +6,8 @@ ICML workshop paper Fig. 4)
 
 For every checkpoint and every t (one point for an encoder without t), the EMA encoder codes the
 training and test images (the mean, for a probabilistic encoder), and the frozen codes are probed:
-- linear: multinomial logistic regression on standardised codes (full-batch L-BFGS), its weight
-  decay picked from --weight-decays on a held-out 10% of the training codes;
+- linear: multinomial logistic regression on whitened codes (full-batch L-BFGS to convergence), its
+  weight decay picked from --weight-decays on a held-out 10% of the training codes;
 - mlp (--mlp): the follow-up paper's Linear(d, 512)-ReLU-Dropout(0.25)-Linear, Adam, weight decay 1e-5;
 - knn: majority vote of the k nearest training codes (euclidean, standardised);
 - few-shot: nearest class mean of 1, 5 and 10 labelled training codes per class, averaged over draws;
