@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import probe
+from linear_probe import whiten
 
 
 def blobs(n_per_class=100, classes=4, dim=8, spread=0.3, seed=0):
@@ -43,7 +44,6 @@ def test_linear_probe_reaches_the_same_optimum_on_an_ill_conditioned_copy_of_the
     acc, wd = probe.linear_probe(x, y, xt, yt)
     assert 0.8 < acc < 0.95  # not separable: the optimum, not any separating plane, decides the score
     assert probe.linear_probe(x @ mix, y, xt @ mix, yt) == pytest.approx((acc, wd), abs=2e-3)
-    from linear_probe import whiten
     white, _ = whiten(x @ mix, xt @ mix)
     assert white.shape == (2000, 8)  # the 24 directions without variance are dropped
     assert torch.allclose(torch.cov(white.T), torch.eye(8), atol=1e-3)
