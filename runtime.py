@@ -33,11 +33,13 @@ def pick_device(name=None):
     return device
 
 
-def autocast(device, amp="bf16"):
+def autocast(device, amp="bf16", cache=True):
     """The mixed-precision context of a forward pass: bf16 (or fp16) autocast on CUDA; on other
-    devices, and with amp "off", full float32 (CPU autocast is slower for these small convolutions)."""
+    devices, and with amp "off", full float32 (CPU autocast is slower for these small convolutions).
+    cache=False inside a CUDA graph capture (PyTorch: cached casts must not outlive the capture)."""
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    return torch.autocast(device.type, dtype=dtype) if dtype and device.type == "cuda" else nullcontext()
+    return (torch.autocast(device.type, dtype=dtype, cache_enabled=cache) if dtype and device.type == "cuda"
+            else nullcontext())
 
 
 @contextmanager

@@ -15,6 +15,8 @@ def benchmark(tr, n_steps):
 
     def seconds_per_step(batch):
         tr.batch = batch
+        if tr.graph is not None:  # --cuda-graph: a new batch size is a new capture, after its warm-up
+            tr.drop_graph()
         for _ in range(5):
             tr.train_step(tr.next_batch())
         sync()

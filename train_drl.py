@@ -25,6 +25,7 @@ if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_
     # raised inside torch's own import turns into another one, so the process leaves at once)
     signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"interrupted (Ctrl-C)\n"), os._exit(1)))
 
+import contextlib
 import copy
 import json
 import math
@@ -47,6 +48,7 @@ from speed import benchmark
 from train_flags import DIFFUSION, parse_args
 
 EVAL_SEED = 1234  # the eval loss uses the same t and noise at every save and in every run
+GRAPH_WARMUP = 3  # --cuda-graph: eager steps before the capture (optimiser state, cuDNN autotuning)
 
 
 def net_config(args, sigma_data):
@@ -161,34 +163,96 @@ class Training:
         self.sde = VESDE(args.sigma_min, args.sigma_max)
         self.loss_fn = LOSSES[args.objective]
         self.step, self.train_seconds, self.progress = 0, 0.0, 0.0
+        self.graph, self.eager_steps, self.ema_weight = None, 0, 0.0  # --cuda-graph: the captured step
 
     def next_batch(self):
         idx = torch.randint(len(self.images), (self.batch,), device=self.device, generator=self.data_gen)
         return (self.images[idx].float() / 255).contiguous(memory_format=self.memory_format)
 
     def train_step(self, x0):
-        """One optimiser step and EMA update; returns the (loss, reg) tensors without a host sync."""
+        """One optimiser step and EMA update; returns the (loss, reg) tensors without a host sync. With
+        --cuda-graph the first GRAPH_WARMUP steps run eagerly, then the whole step is captured once and
+        replayed: the same arithmetic, one launch instead of hundreds."""
         args = self.args
         lr = self.learning_rate()
-        for group in self.opt.param_groups:
-            group["lr"] = lr * group.get("lr_mult", 1.0)  # a checkpoint from before the flag has none
-        with autocast(self.device, args.amp):
-            loss, reg = self.loss_fn(self.train_nets, self.sde, x0, args)
+        # EMA with TensorFlow's warm-up (num_updates): early averages forget fast, so the EMA copy is
+        # not stuck near the random initialisation in a short run
+        ema_weight = 1 - min(args.ema, (1 + self.step) / (10 + self.step))
+        if self.graph is not None:  # the step's inputs into the tensors the graph reads, then one replay
+            for group in self.opt.param_groups:
+                group["lr"].fill_(lr * group["lr_mult"])
+            self.ema_weight.fill_(ema_weight)
+            self.static_x0.copy_(x0)
+            self.graph.replay()
+            loss, reg = self.static_out
+        else:
+            for group in self.opt.param_groups:
+                group["lr"] = lr * group.get("lr_mult", 1.0)  # a checkpoint from before the flag has none
+            self.ema_weight = ema_weight
+            with self.graph_warmup():
+                loss, reg = self.update(x0)
+            if args.cuda_graph and self.eager_steps >= GRAPH_WARMUP:
+                self.capture(x0)
+        self.step += 1
+        return loss.detach(), reg.detach()
+
+    def update(self, x0):
+        """Forward, backward, clip, AdamW and EMA: the body of a step, eager or under graph capture."""
+        with autocast(self.device, self.args.amp, cache=not self.args.cuda_graph):  # no cached casts in a graph
+            loss, reg = self.loss_fn(self.train_nets, self.sde, x0, self.args)
         self.scaler.scale(loss + reg).backward()
         self.scaler.unscale_(self.opt)
-        torch.nn.utils.clip_grad_norm_(self.params, args.grad_clip)
+        torch.nn.utils.clip_grad_norm_(self.params, self.args.grad_clip)
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
-        # EMA with TensorFlow's warm-up (num_updates): early averages forget fast, so the EMA copy is
-        # not stuck near the random initialisation in a short run
-        decay = min(args.ema, (1 + self.step) / (10 + self.step))
-        for k, net in self.nets.items():
-            torch._foreach_lerp_(list(self.emas[k].parameters()), list(net.parameters()), 1 - decay)
-            for b_ema, b in zip(self.emas[k].buffers(), net.buffers()):
-                b_ema.copy_(b)
-        self.step += 1
+        with torch.no_grad():  # (without it each EMA update would add a node to an ever longer autograd chain)
+            for k, net in self.nets.items():  # ema += w * (net - ema); w a float, or a tensor in the graph
+                ema, params = list(self.emas[k].parameters()), list(net.parameters())
+                delta = torch._foreach_sub(params, ema)
+                torch._foreach_mul_(delta, self.ema_weight)
+                torch._foreach_add_(ema, delta)
+                for b_ema, b in zip(self.emas[k].buffers(), net.buffers()):
+                    b_ema.copy_(b)
         return loss.detach(), reg.detach()
+
+    @contextlib.contextmanager
+    def graph_warmup(self):
+        """Eager steps before a capture run on a side stream (PyTorch's recipe for whole-network
+        capture: lazy initialisation and cuDNN's autotuning happen there, not inside the graph)."""
+        if not self.args.cuda_graph:
+            yield
+            return
+        self.eager_steps += 1
+        main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            yield
+        main.wait_stream(side)
+
+    def capture(self, x0):
+        """Record one whole step as a CUDA graph. What changes from step to step lives in tensors the
+        graph reads: the batch, each group's lr (AdamW takes a tensor lr when capturable) and the EMA
+        weight; t and the noise come from the CUDA generator, whose state a replay advances like eager
+        code, so replays draw fresh t and noise."""
+        self.static_x0 = x0.clone()
+        for group in self.opt.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]), device=self.device)
+            group["capturable"] = True
+            group.setdefault("lr_mult", 1.0)
+        self.ema_weight = torch.tensor(float(self.ema_weight), device=self.device)
+        self.opt.zero_grad(set_to_none=True)  # the graph's backward writes the gradients, never adds to them
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.static_out = self.update(self.static_x0)
+        self.graph = graph
+
+    def drop_graph(self):
+        """Back to eager steps (a new batch size needs a new capture): the next steps warm up again."""
+        self.graph, self.eager_steps = None, 0
+        for group in self.opt.param_groups:
+            group["lr"], group["capturable"] = float(group["lr"]), False
+        self.ema_weight = float(self.ema_weight)
 
     def learning_rate(self):
         """Linear warm-up, then constant or a cosine to zero over the budget: the fraction of --steps
@@ -256,6 +320,8 @@ class Training:
             self.nets[k].load_state_dict(ckpt[k])
             self.emas[k].load_state_dict(ckpt["ema_" + k])
         self.opt.load_state_dict(ckpt["opt"])
+        for group in self.opt.param_groups:  # a --cuda-graph run saves tensor lrs; the eager step sets floats
+            group["lr"], group["capturable"] = float(group["lr"]), False
         self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         self.data_gen.set_state(ckpt["rng"]["data"])
@@ -300,6 +366,9 @@ def main(argv=None):
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         if args.batch_size % world:
             raise SystemExit(f"error: --batch-size {args.batch_size} does not split over {world} processes")
+        if args.cuda_graph:
+            raise SystemExit("error: --cuda-graph runs in one process (DDP's gradient hooks are not captured); "
+                             "leave the flag out under torchrun")
     torch.manual_seed(args.seed + rank)  # different noise and t per process; DDP syncs the weights
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -375,7 +444,7 @@ def train(tr, out):
             ips = n_sum * args.batch_size / (time.perf_counter() - t0)
             if not math.isfinite(loss):
                 raise SystemExit(nan_message(loss, tr, n_sum, last_saved))
-            row = dict(step=tr.step, loss=loss, reg=reg, lr=tr.opt.param_groups[0]["lr"], images_per_s=ips,
+            row = dict(step=tr.step, loss=loss, reg=reg, lr=float(tr.opt.param_groups[0]["lr"]), images_per_s=ips,
                        minutes=tr.train_seconds / 60)
             if rank == 0 and at_save:
                 row["eval_loss"] = tr.eval_loss()

@@ -115,6 +115,9 @@ def parse_args(argv=None):
     p.add_argument("--ema", type=float)
     p.add_argument("--amp", choices=["bf16", "fp16", "off"], default=None, help="default: bf16 on CUDA, off elsewhere")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=False,
+                   help="CUDA: capture the whole training step once as a CUDA graph and replay it (no launch "
+                        "overhead; the eager step stays the reference); needs --amp bf16 or off and one process")
     p.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int)
@@ -142,6 +145,10 @@ def parse_args(argv=None):
     except ValueError as e:
         p.error(str(e))
     args.amp = args.amp or ("bf16" if args.device.startswith("cuda") else "off")
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        p.error(f"--cuda-graph needs a CUDA device (this run uses {args.device}); leave the flag out")
+    if args.cuda_graph and args.amp == "fp16":
+        p.error("--cuda-graph needs --amp bf16 or off: fp16's loss scaler checks for overflow on the host")
     args.kl = args.kl if args.kl is not None else (1.0 if args.objective == "vae" else 1e-5)
     return args
 

@@ -9,7 +9,8 @@ parameter count is the nearest to ours. The peer is installed for this benchmark
     python benchmarks/peer.py --device cuda --batch-size 256 --steps 50 --ch 32 --num-res-blocks 2
 
 Modes: `eager` (fp32, contiguous, no compile) for both; `optimised` (bf16 autocast and channels_last
-on CUDA, fused AdamW, torch.compile) for both. Prints images/s and the ratios. Every (network, mode)
+on CUDA, fused AdamW, torch.compile) for both; `graph` (CUDA: the same without compile, the whole step
+captured once as a CUDA graph and replayed, as train_drl.py --cuda-graph does) for both. Prints images/s and the ratios. Every (network, mode)
 is timed in a child process of its own, killed after --limit seconds (compilation included): a compile
 that does not finish says so in its row instead of holding up the rest.
 """
@@ -31,15 +32,16 @@ def n_params(m):
     return sum(p.numel() for p in m.parameters())
 
 
-def time_steps(model, forward, args, device, optimised):
+def time_steps(model, forward, args, device, mode):
     """images/s of full training steps (forward, loss, backward, clip, AdamW) after warm-up."""
     sde = VESDE()
+    optimised = mode != "eager"
     fmt = torch.channels_last if optimised and device.type == "cuda" else torch.contiguous_format
     model = model.to(device, memory_format=fmt).train()
-    if optimised:
+    if mode == "optimised":
         model.compile()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=optimised)
-    ctx = autocast(device, "bf16" if optimised else "off")
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-4, fused=optimised, capturable=mode == "graph")
+    ctx = autocast(device, "bf16" if optimised else "off", cache=mode != "graph")
     x0 = torch.rand(args.batch_size, 1, 28, 28, device=device).contiguous(memory_format=fmt)
 
     def step():
@@ -53,6 +55,17 @@ def time_steps(model, forward, args, device, optimised):
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    if mode == "graph":  # warm up on a side stream, capture the whole step once, then time its replays
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(args.warmup):
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        step = graph.replay
     for _ in range(args.warmup):
         step()
     if device.type == "cuda":
@@ -113,7 +126,7 @@ def measure(name, mode, args):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
     build, forward = networks(args)[0][name]
-    return time_steps(build(), forward, args, device, mode == "optimised")
+    return time_steps(build(), forward, args, device, mode)
 
 
 def main(argv=None):
@@ -125,7 +138,7 @@ def main(argv=None):
     p.add_argument("--ch", type=int, default=16)
     p.add_argument("--ch-mult", default="1,2")
     p.add_argument("--num-res-blocks", type=int, default=1)
-    p.add_argument("--modes", default="eager,optimised")
+    p.add_argument("--modes", default="eager,optimised", help="comma list of eager, optimised, graph (CUDA)")
     p.add_argument("--limit", type=float, default=300, help="seconds for each network and mode, compile included")
     args = p.parse_args(argv)
     try:

@@ -533,3 +533,13 @@ def test_the_weighting_flag_reaches_the_loss():
         torch.manual_seed(0)
         losses[weighting] = train_drl.diffusion_loss(tr.nets, tr.sde, x0, args)[0].item()
     assert losses["edm"] > 1.5 * losses["paper"]
+
+
+def test_ema_update_records_no_autograd_history():
+    """The EMA copies stay plain leaves: an update under autograd would chain a node onto them every step."""
+    args = train_drl.parse_args(TINY + ["--steps", "3"])
+    tr = train_drl.Training(args, torch.device("cpu"))
+    for _ in range(3):
+        tr.train_step(tr.next_batch())
+    for ema in tr.emas.values():
+        assert all(p.grad_fn is None and not p.requires_grad for p in ema.parameters())
