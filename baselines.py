@@ -10,16 +10,16 @@ import torch.nn.functional as F
 
 from encoder import reparameterise
 from sde import kl_to_standard_normal
-from unet import group_norm
+from unet import group_norm, unfold
 
 
 class Decoder(nn.Module):
     """x_0 from z alone (AE, VAE): dense layers to the encoder's smallest feature map, then per level
     a nearest-neighbour upsampling and two GroupNorm-SiLU-conv layers; returns pixel logits."""
 
-    def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), latent_dim=128, hidden=256):
+    def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), latent_dim=128, hidden=256, patch=1):
         super().__init__()
-        self.sizes = [image_size]
+        self.patch, self.sizes = patch, [image_size // patch]  # patch > 1: mirrors the encoder's folded grid
         for _ in ch_mult[1:]:
             self.sizes.append((self.sizes[-1] + 1) // 2)  # the encoder's resolutions, e.g. 28, 14
         chans = [ch * m for m in ch_mult]
@@ -31,7 +31,7 @@ class Decoder(nn.Module):
             self.levels.append(nn.Sequential(
                 group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
                 group_norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1)))
-        self.out = nn.Sequential(group_norm(chans[0]), nn.SiLU(), nn.Conv2d(chans[0], in_ch, 3, padding=1))
+        self.out = nn.Sequential(group_norm(chans[0]), nn.SiLU(), nn.Conv2d(chans[0], in_ch * patch ** 2, 3, padding=1))
 
     def forward(self, z):
         c, s = self.start
@@ -40,7 +40,7 @@ class Decoder(nn.Module):
             h = level(h)
             if h.shape[-1] != size:
                 h = F.interpolate(h, size=(size, size), mode="nearest")
-        return self.out(h)
+        return unfold(self.out(h), self.patch)
 
 
 class Projector(nn.Module):

@@ -13,18 +13,20 @@ import torch
 import torch.nn as nn
 
 from sde import VESDE
-from unet import TimeEmbedding, down_path, group_norm
+from unet import TimeEmbedding, down_path, fold, group_norm
 
 
 class Encoder(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  latent_dim=128, probabilistic=False, time_cond=False, hidden=256,
-                 sigma_min=0.01, sigma_max=50.0, fourier_scale=16.0):
+                 sigma_min=0.01, sigma_max=50.0, fourier_scale=16.0, patch=1):
         super().__init__()
-        self.latent_dim, self.probabilistic, self.time_cond = latent_dim, probabilistic, time_cond
+        self.latent_dim, self.probabilistic, self.time_cond, self.patch = latent_dim, probabilistic, time_cond, patch
         emb = 4 * ch if time_cond else 0
         self.time_embed = TimeEmbedding(emb, VESDE(sigma_min, sigma_max), fourier_scale) if time_cond else None
-        self.trunk, _, cur = down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size, emb, 0.0)
+        # patch > 1: the trunk reads patch x patch pixel blocks folded into channels (as the U-Net's)
+        self.trunk, _, cur = down_path(in_ch * patch ** 2, ch, ch_mult, num_res_blocks, attn_res,
+                                       image_size // patch, emb, 0.0)
         self.head = nn.Sequential(
             group_norm(cur), nn.SiLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
             nn.Linear(16 * cur, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -37,7 +39,7 @@ class Encoder(nn.Module):
             if t is None:
                 raise ValueError("this encoder is time-conditioned: pass t, E(x0, t)")
             cond = self.time_embed(t)
-        h = x0
+        h = fold(x0, self.patch)
         for block in self.trunk:
             h = block(h) if isinstance(block, nn.Conv2d) else block(h, cond)
         out = self.head(h).float()

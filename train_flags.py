@@ -97,6 +97,10 @@ def parse_args(argv=None):
     p.add_argument("--emb-dim", type=int, default=None,
                    help="width of the score net's conditioning vector (time + code embedding) read by every FiLM "
                         "layer; at most this many directions of z reach FiLM (default 4*ch)")
+    p.add_argument("--patch", type=int, default=1,
+                   help="every network works on PATCH x PATCH pixel blocks folded into channels (space-to-depth): "
+                        "a quarter of the positions per layer at 2, for the encoder, score net and decoder alike "
+                        "(beyond the papers)")
     p.add_argument("--mid-attn", action=argparse.BooleanOptionalAction,
                    help="self-attention between the score net's two middle blocks")
     p.add_argument("--dropout", type=float, default=0.0)
@@ -155,7 +159,7 @@ def parse_args(argv=None):
 
 def check_args(p, args):
     """One argparse-style line for every value that would fail later, or train silently on nonsense."""
-    check_numbers(p, args, positive=("latent_dim", "noise_per_image", "ch", "enc_ch", "emb_dim", "num_res_blocks",
+    check_numbers(p, args, positive=("patch", "latent_dim", "noise_per_image", "ch", "enc_ch", "emb_dim", "num_res_blocks",
                                      "steps", "batch_size", "log_every", "save_every", "eval_n", "lr", "enc_lr_mult",
                                      "ema", "sigma_min", "sigma_max", "temperature", "p_std", "grad_clip",
                                      "save_minutes", "minutes"),
@@ -179,10 +183,13 @@ def check_args(p, args):
     if args.latent_norm and args.latent_dim < MIN_NORM_DIM:
         p.error(f"--latent-norm needs --latent-dim {MIN_NORM_DIM} or more: it would map a {args.latent_dim}-d code to "
                 f"a few fixed points, so the score net could not read it; pass --no-latent-norm")
+    size = IMAGE_SHAPE[args.dataset][1]
+    if size % args.patch:
+        p.error(f"--patch {args.patch} must divide the image size ({size} px on {args.dataset}), e.g. --patch 2")
     mult = args.ch_mult.split(",")
     if not all(m.isdigit() and int(m) > 0 for m in mult):
         p.error(f"--ch-mult must be positive whole numbers separated by commas, e.g. 1,2; not {args.ch_mult!r}")
-    resolutions = [IMAGE_SHAPE[args.dataset][1]]
+    resolutions = [size // args.patch]
     for _ in mult[1:]:
         resolutions.append((resolutions[-1] + 1) // 2)
     attn = [r for r in args.attn_res.split(",") if r]

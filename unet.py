@@ -119,6 +119,15 @@ class Upsample(nn.Module):
         return self.conv(F.interpolate(x, size=size, mode="nearest"))
 
 
+def fold(x, patch):
+    """Space-to-depth: (B, C, H, W) -> (B, C * patch^2, H / patch, W / patch); unfold inverts it."""
+    return F.pixel_unshuffle(x, patch) if patch > 1 else x
+
+
+def unfold(x, patch):
+    return F.pixel_shuffle(x, patch) if patch > 1 else x
+
+
 def down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size, cond_dim, dropout):
     """The downsampling half, shared by the U-Net and the encoder. Returns (blocks, skip channels, out ch)."""
     blocks, skips, cur, res = nn.ModuleList([nn.Conv2d(in_ch, ch, 3, padding=1)]), [ch], ch, image_size
@@ -140,12 +149,15 @@ class UNet(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  dropout=0.0, latent_dim=0, sigma_min=0.01, sigma_max=50.0, sigma_data=0.5,
                  fourier_scale=16.0, precond="paper", latent_norm=False, code_map=False, code_map_from="emb",
-                 mid_attn=True, emb_dim=None, code_map_every_res=False):
+                 mid_attn=True, emb_dim=None, code_map_every_res=False, patch=1):
         super().__init__()
         if precond not in ("paper", "edm"):
             raise ValueError(f"unknown precond {precond!r}: use paper or edm")
         self.sde, self.sigma_data, self.latent_dim = VESDE(sigma_min, sigma_max), sigma_data, latent_dim
-        self.precond = precond
+        self.precond, self.patch = precond, patch
+        # patch > 1: the net works on patch x patch pixel blocks folded into channels (space-to-depth,
+        # 28x28x1 -> 14x14x4 at 2), a quarter of the positions per layer (beyond the papers)
+        in_ch, image_size = in_ch * patch ** 2, image_size // patch
         self.latent_norm = nn.LayerNorm(latent_dim, elementwise_affine=False) if latent_dim and latent_norm else None
         emb = emb_dim or 4 * ch  # the conditioning vector's width: how many directions of t and z FiLM can read
         self.time_embed = TimeEmbedding(emb, self.sde, fourier_scale)
@@ -183,6 +195,7 @@ class UNet(nn.Module):
         """Score s(x_t, t, z) for a batch x (B, C, H, W), times t (B,), codes z (B, latent_dim) or None."""
         cond, code_image = self.time_embed(t), None
         res_maps = iter(())  # the per-resolution code maps, taken in order after each downsampling
+        size = (x.shape[-2] // self.patch, x.shape[-1] // self.patch)  # the grid the layers work on
         if self.latent_embed is not None:
             if z is None:
                 raise ValueError("this score net was built with latent_dim > 0: pass the code z")
@@ -191,11 +204,11 @@ class UNet(nn.Module):
             cond = cond + z_emb
             if self.code_map is not None:
                 source = z if self.code_map_from == "z" else F.silu(z_emb)
-                code_image = self.map_image(self.code_map, source, x.shape[-2:])
+                code_image = self.map_image(self.code_map, source, size)
                 res_maps = iter(self.res_maps)
         std = self.sde.marginal_std(t.float())[:, None, None, None]
         var = self.sigma_data ** 2 + std ** 2
-        h = x * torch.rsqrt(var)  # c_in
+        h = fold(x * torch.rsqrt(var), self.patch)  # c_in
         hs = []
         for block in self.down:
             if isinstance(block, nn.Conv2d):  # the stem
@@ -217,7 +230,8 @@ class UNet(nn.Module):
                 h = block(h, hs[-1].shape[-2:])
             else:
                 h = block(h, cond)
-        return precondition(self.out(h).float(), x.float(), std, self.precond, self.sigma_data)
+        f = unfold(self.out(h), self.patch)
+        return precondition(f.float(), x.float(), std, self.precond, self.sigma_data)
 
     def map_image(self, layer, source, size):
         """A code map: the linear projection of the code to a map_size^2 image, resized to `size`."""

@@ -145,3 +145,24 @@ def test_per_resolution_code_maps_reach_the_score_at_every_lower_resolution():
     for layer in net.res_maps:
         torch.nn.init.zeros_(layer.weight)
     assert torch.allclose(net(x, t, z1), net(x, t, z2))
+
+
+def test_patch_folds_pixel_blocks_into_channels_and_back():
+    """--patch 2: each network works on 2x2 pixel blocks folded into channels; every output keeps the
+    image's shape, the score of one pixel depends on pixels of other blocks (the convolutions still
+    mix neighbouring blocks), and fold / unfold are exact inverses."""
+    from unet import fold, unfold
+    x = torch.randn(3, 3, 32, 32)
+    assert fold(x, 2).shape == (3, 12, 16, 16) and torch.equal(unfold(fold(x, 2), 2), x)
+    assert torch.equal(fold(x, 2)[:, :4, 0, 0].flatten(), x[:, 0, :2, :2].flatten())  # one block = one position
+    net = randomise_zero_inits(UNet(image_size=28, latent_dim=4, code_map=True, code_map_from="z", patch=2, **TINY))
+    enc = Encoder(image_size=28, latent_dim=4, patch=2, **TINY)
+    dec = Decoder(image_size=28, ch=8, ch_mult=(1, 2), latent_dim=4, patch=2)
+    x = torch.randn(2, 1, 28, 28, requires_grad=True)
+    z = enc(x)[0]
+    assert z.shape == (2, 4) and dec(z).shape == (2, 1, 28, 28)
+    score = net(x, torch.rand(2), z.detach())
+    assert score.shape == x.shape
+    score[0, 0, 0, 0].backward()
+    assert x.grad[0, 0, 4:, 4:].abs().sum() > 0  # reaches beyond its own 2x2 block
+    assert net.down[0].in_channels == 4 and enc.trunk[0].in_channels == 4

@@ -543,3 +543,14 @@ def test_ema_update_records_no_autograd_history():
         tr.train_step(tr.next_batch())
     for ema in tr.emas.values():
         assert all(p.grad_fn is None and not p.requires_grad for p in ema.parameters())
+
+
+def test_patch_trains_end_to_end_and_must_divide_the_image(tmp_path, capsys):
+    out = run(tmp_path, "p2", "--patch", "2", "--steps", "4", "--save-every", "4")
+    config = json.loads((out / "config.json").read_text())["nets"]
+    assert config["score_net"]["patch"] == config["encoder"]["patch"] == 2
+    ae = run(tmp_path, "ae", "--objective", "ae", "--patch", "2", "--steps", "2", "--save-every", "2")
+    assert json.loads((ae / "config.json").read_text())["nets"]["decoder"]["patch"] == 2
+    with pytest.raises(SystemExit):
+        train_drl.parse_args(TINY + ["--patch", "3"])
+    assert "--patch 3 must divide the image size" in capsys.readouterr().err
