@@ -66,7 +66,7 @@ def net_config(args, sigma_data):
                                    precond=args.precond, latent_norm=args.latent_norm and latent > 0,
                                    code_map=args.code_map and latent > 0, code_map_from=args.code_map_from,
                                    mid_attn=args.mid_attn, emb_dim=args.emb_dim,
-                                   code_map_every_res=args.code_map_every_res, patch=args.patch)
+                                   code_map_every_res=args.code_map_every_res, patch=args.score_patch)
     if latent:
         config["encoder"] = encoder_config(in_ch, size, args.enc_ch, latent, arch["ch_mult"], args.num_res_blocks,
                                            attn_res=arch["attn_res"], sigma_min=args.sigma_min,

@@ -101,6 +101,9 @@ def parse_args(argv=None):
                    help="every network works on PATCH x PATCH pixel blocks folded into channels (space-to-depth): "
                         "a quarter of the positions per layer at 2, for the encoder, score net and decoder alike "
                         "(beyond the papers)")
+    p.add_argument("--score-patch", type=int, default=None,
+                   help="the score net's --patch alone (default: --patch): a cheaper score net beside a "
+                        "full-resolution encoder (beyond the papers)")
     p.add_argument("--mid-attn", action=argparse.BooleanOptionalAction,
                    help="self-attention between the score net's two middle blocks")
     p.add_argument("--dropout", type=float, default=0.0)
@@ -159,7 +162,7 @@ def parse_args(argv=None):
 
 def check_args(p, args):
     """One argparse-style line for every value that would fail later, or train silently on nonsense."""
-    check_numbers(p, args, positive=("patch", "latent_dim", "noise_per_image", "ch", "enc_ch", "emb_dim", "num_res_blocks",
+    check_numbers(p, args, positive=("patch", "score_patch", "latent_dim", "noise_per_image", "ch", "enc_ch", "emb_dim", "num_res_blocks",
                                      "steps", "batch_size", "log_every", "save_every", "eval_n", "lr", "enc_lr_mult",
                                      "ema", "sigma_min", "sigma_max", "temperature", "p_std", "grad_clip",
                                      "save_minutes", "minutes"),
@@ -184,8 +187,10 @@ def check_args(p, args):
         p.error(f"--latent-norm needs --latent-dim {MIN_NORM_DIM} or more: it would map a {args.latent_dim}-d code to "
                 f"a few fixed points, so the score net could not read it; pass --no-latent-norm")
     size = IMAGE_SHAPE[args.dataset][1]
-    if size % args.patch:
-        p.error(f"--patch {args.patch} must divide the image size ({size} px on {args.dataset}), e.g. --patch 2")
+    args.score_patch = args.score_patch or args.patch
+    for flag, value in (("--patch", args.patch), ("--score-patch", args.score_patch)):
+        if size % value:
+            p.error(f"{flag} {value} must divide the image size ({size} px on {args.dataset}), e.g. {flag} 2")
     mult = args.ch_mult.split(",")
     if not all(m.isdigit() and int(m) > 0 for m in mult):
         p.error(f"--ch-mult must be positive whole numbers separated by commas, e.g. 1,2; not {args.ch_mult!r}")

@@ -551,6 +551,10 @@ def test_patch_trains_end_to_end_and_must_divide_the_image(tmp_path, capsys):
     assert config["score_net"]["patch"] == config["encoder"]["patch"] == 2
     ae = run(tmp_path, "ae", "--objective", "ae", "--patch", "2", "--steps", "2", "--save-every", "2")
     assert json.loads((ae / "config.json").read_text())["nets"]["decoder"]["patch"] == 2
-    with pytest.raises(SystemExit):
-        train_drl.parse_args(TINY + ["--patch", "3"])
-    assert "--patch 3 must divide the image size" in capsys.readouterr().err
+    score_only = run(tmp_path, "sp2", "--score-patch", "2", "--steps", "2", "--save-every", "2")
+    config = json.loads((score_only / "config.json").read_text())["nets"]
+    assert config["score_net"]["patch"] == 2 and config["encoder"]["patch"] == 1
+    for flag in ("--patch", "--score-patch"):
+        with pytest.raises(SystemExit):
+            train_drl.parse_args(TINY + [flag, "3"])
+        assert f"{flag} 3 must divide the image size" in capsys.readouterr().err
