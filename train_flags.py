@@ -194,9 +194,11 @@ def check_args(p, args):
     mult = args.ch_mult.split(",")
     if not all(m.isdigit() and int(m) > 0 for m in mult):
         p.error(f"--ch-mult must be positive whole numbers separated by commas, e.g. 1,2; not {args.ch_mult!r}")
-    resolutions = [size // args.patch]
-    for _ in mult[1:]:
-        resolutions.append((resolutions[-1] + 1) // 2)
+    resolutions = []  # of the encoder's grid and the score net's (they differ with --score-patch)
+    for patch in dict.fromkeys((args.patch, args.score_patch)):
+        resolutions.append(size // patch)
+        for _ in mult[1:]:
+            resolutions.append((resolutions[-1] + 1) // 2)
     attn = [r for r in args.attn_res.split(",") if r]
     if not all(r.isdigit() and int(r) in resolutions for r in attn):
         p.error(f"--attn-res must name resolutions the net has ({','.join(map(str, resolutions))} for --ch-mult "
