@@ -17,9 +17,10 @@ class Decoder(nn.Module):
     """x_0 from z alone (AE, VAE): dense layers to the encoder's smallest feature map, then per level
     a nearest-neighbour upsampling and two GroupNorm-SiLU-conv layers; returns pixel logits."""
 
-    def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), latent_dim=128, hidden=256, patch=1):
+    def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), latent_dim=128, hidden=256, patch=None):
         super().__init__()
-        self.patch, self.sizes = patch, [image_size // patch]  # patch > 1: mirrors the encoder's folded grid
+        self.patch = patch = patch or 1
+        self.sizes = [image_size // patch]  # patch > 1: mirrors the encoder's folded grid
         for _ in ch_mult[1:]:
             self.sizes.append((self.sizes[-1] + 1) // 2)  # the encoder's resolutions, e.g. 28, 14
         chans = [ch * m for m in ch_mult]

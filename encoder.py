@@ -19,9 +19,10 @@ from unet import TimeEmbedding, down_path, fold, group_norm
 class Encoder(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  latent_dim=128, probabilistic=False, time_cond=False, hidden=256,
-                 sigma_min=0.01, sigma_max=50.0, fourier_scale=16.0, patch=1):
+                 sigma_min=0.01, sigma_max=50.0, fourier_scale=16.0, patch=None):
         super().__init__()
-        self.latent_dim, self.probabilistic, self.time_cond, self.patch = latent_dim, probabilistic, time_cond, patch
+        self.latent_dim, self.probabilistic, self.time_cond = latent_dim, probabilistic, time_cond
+        self.patch = patch = patch or 1
         emb = 4 * ch if time_cond else 0
         self.time_embed = TimeEmbedding(emb, VESDE(sigma_min, sigma_max), fourier_scale) if time_cond else None
         # patch > 1: the trunk reads patch x patch pixel blocks folded into channels (as the U-Net's)

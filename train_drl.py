@@ -66,18 +66,23 @@ def net_config(args, sigma_data):
                                    precond=args.precond, latent_norm=args.latent_norm and latent > 0,
                                    code_map=args.code_map and latent > 0, code_map_from=args.code_map_from,
                                    mid_attn=args.mid_attn, emb_dim=args.emb_dim,
-                                   code_map_every_res=args.code_map_every_res, patch=args.score_patch)
+                                   code_map_every_res=args.code_map_every_res, patch=folded(args.score_patch))
     if latent:
         config["encoder"] = encoder_config(in_ch, size, args.enc_ch, latent, arch["ch_mult"], args.num_res_blocks,
                                            attn_res=arch["attn_res"], sigma_min=args.sigma_min,
                                            sigma_max=args.sigma_max, probabilistic=args.objective in ("vdrl", "vae"),
-                                           time_cond=args.time_cond, patch=args.patch)
+                                           time_cond=args.time_cond, patch=folded(args.patch))
     if args.objective in ("ae", "vae"):
         config["decoder"] = dict(in_ch=in_ch, image_size=size, ch=args.enc_ch, ch_mult=arch["ch_mult"],
-                                 latent_dim=latent, patch=args.patch)  # mirrors the encoder
+                                 latent_dim=latent, patch=folded(args.patch))  # mirrors the encoder
     if args.objective == "simclr_gauss":
         config["projector"] = dict(latent_dim=latent)
     return config
+
+
+def folded(patch):
+    """A constructor's patch: None (unfolded) at 1, so configs saved before --patch existed still match."""
+    return patch if patch > 1 else None
 
 
 # ---- the objectives: each (networks, sde, x0, args) -> (loss, regulariser), batch means ----

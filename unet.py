@@ -149,15 +149,15 @@ class UNet(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  dropout=0.0, latent_dim=0, sigma_min=0.01, sigma_max=50.0, sigma_data=0.5,
                  fourier_scale=16.0, precond="paper", latent_norm=False, code_map=False, code_map_from="emb",
-                 mid_attn=True, emb_dim=None, code_map_every_res=False, patch=1):
+                 mid_attn=True, emb_dim=None, code_map_every_res=False, patch=None):
         super().__init__()
         if precond not in ("paper", "edm"):
             raise ValueError(f"unknown precond {precond!r}: use paper or edm")
         self.sde, self.sigma_data, self.latent_dim = VESDE(sigma_min, sigma_max), sigma_data, latent_dim
-        self.precond, self.patch = precond, patch
+        self.precond, self.patch = precond, patch or 1
         # patch > 1: the net works on patch x patch pixel blocks folded into channels (space-to-depth,
         # 28x28x1 -> 14x14x4 at 2), a quarter of the positions per layer (beyond the papers)
-        in_ch, image_size = in_ch * patch ** 2, image_size // patch
+        in_ch, image_size = in_ch * self.patch ** 2, image_size // self.patch
         self.latent_norm = nn.LayerNorm(latent_dim, elementwise_affine=False) if latent_dim and latent_norm else None
         emb = emb_dim or 4 * ch  # the conditioning vector's width: how many directions of t and z FiLM can read
         self.time_embed = TimeEmbedding(emb, self.sde, fourier_scale)

@@ -239,10 +239,11 @@ def test_emb_dim_widens_every_film_input_and_old_checkpoints_still_resume(tmp_pa
     score_net, encoder, _, ckpt = load_run(out / "ckpt.pt")
     films = [m.film for m in score_net.modules() if isinstance(m, ResBlock)]
     assert films and all(f.in_features == 48 for f in films) and score_net.latent_embed[-1].out_features == 48
-    # a checkpoint saved before the option existed (no emb_dim in its config) resumes with the flag left out
+    # a checkpoint saved before the options existed (no emb_dim or patch in its config) resumes with the
+    # flags left out
     out = run(tmp_path, "old", "--steps", "2", "--save-every", "2")
     saved = torch.load(out / "ckpt.pt", weights_only=False)
-    del saved["config"]["score_net"]["emb_dim"]
+    del saved["config"]["score_net"]["emb_dim"], saved["config"]["score_net"]["patch"], saved["config"]["encoder"]["patch"]
     torch.save(saved, out / "ckpt.pt")
     run(tmp_path, "old", "--steps", "3", "--save-every", "3")
     assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 3
@@ -553,7 +554,7 @@ def test_patch_trains_end_to_end_and_must_divide_the_image(tmp_path, capsys):
     assert json.loads((ae / "config.json").read_text())["nets"]["decoder"]["patch"] == 2
     score_only = run(tmp_path, "sp2", "--score-patch", "2", "--steps", "2", "--save-every", "2")
     config = json.loads((score_only / "config.json").read_text())["nets"]
-    assert config["score_net"]["patch"] == 2 and config["encoder"]["patch"] == 1
+    assert config["score_net"]["patch"] == 2 and config["encoder"]["patch"] is None  # None: unfolded
     for flag in ("--patch", "--score-patch"):
         with pytest.raises(SystemExit):
             train_drl.parse_args(TINY + [flag, "3"])
