@@ -163,8 +163,8 @@ def parse_args(argv=None):
 def check_args(p, args):
     """One argparse-style line for every value that would fail later, or train silently on nonsense."""
     check_numbers(p, args, positive=("patch", "score_patch", "latent_dim", "noise_per_image", "ch", "enc_ch", "emb_dim",
-                                     "num_res_blocks", "steps", "batch_size", "log_every", "save_every", "eval_n", "lr", "enc_lr_mult",
-                                     "ema", "sigma_min", "sigma_max", "temperature", "p_std", "grad_clip",
+                                     "num_res_blocks", "steps", "batch_size", "log_every", "save_every", "eval_n", "lr",
+                                     "enc_lr_mult", "ema", "sigma_min", "sigma_max", "temperature", "p_std", "grad_clip",
                                      "save_minutes", "minutes"),
                   non_negative=("warmup", "probe_n", "benchmark", "l1", "kl", "decorr", "dropout", "aug_std"))
     if args.emb_dim and args.emb_dim % 2:
