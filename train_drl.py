@@ -249,7 +249,9 @@ class Training:
         self.ema_weight = torch.tensor(float(self.ema_weight), device=self.device)
         self.opt.zero_grad(set_to_none=True)  # the graph's backward writes the gradients, never adds to them
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # captured on a stream of its own: cuBLAS keeps one workspace per stream, baked into the graph,
+        # so graphs captured on torch's shared capture stream race on it when replayed side by side
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device)):
             self.static_out = self.update(self.static_x0)
         self.graph = graph
 

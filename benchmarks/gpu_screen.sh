@@ -4,8 +4,8 @@
 # (RESULTS.md, "DRL against the autoencoder"), two seeds, trained eight at a time by
 # benchmarks/gpu_screen.py and probed by probe.py on all 60k / 10k images. fp32 (--amp off, TF32
 # matmuls), to stay near the CPU's arithmetic. Back in $OUT: log.txt, results.tgz (screen.jsonl and
-# every probe.json), ema_N.tgz (the DRL runs' EMA weights, what probe.py and sample.py read; the
-# AEs' decoders make theirs too large to bring back).
+# every probe.json), ema_N.tgz (the runs' EMA weights, what probe.py and sample.py read). It first
+# checks that runs side by side learn what a run alone learns (else it trains one at a time).
 #   needs: Fashion-MNIST's IDX files in data/fashion_mnist
 set -u
 LIMIT=${LIMIT:-540}  # seconds for the whole script
@@ -25,41 +25,54 @@ two cf "$CF --steps 7467"
 two ae "$AE --steps 9225"
 two cf-ema999 "$CF --steps 7467 --ema 0.999"
 two ae-ema999 "$AE --steps 9225 --ema 0.999"
+two cf-npi2 "$CF --steps 4928 --noise-per-image 2"           # 1.52x dearer (cpu_step.py)
+two cf-do1 "$CF --steps 7094 --dropout 0.1"                  # 1.05x dearer
+two cf-smax10 "$CF --steps 7467 --sigma-max 10"
+ROWS+=("cf-s2=$CF --steps 7467 --seed 2" "ae-s2=$AE --steps 9225 --seed 2")
 two cf-cos "$CF --steps 7467 --lr-decay cosine"
 two ae-cos "$AE --steps 9225 --lr-decay cosine"
-two cf-do1 "$CF --steps 7094 --dropout 0.1"                  # step cost 1.05x (cpu_step.py)
 two cf-vdrl "$CF --steps 7467 --objective vdrl"
-two cf-smax10 "$CF --steps 7467 --sigma-max 10"
 two cf-ln1 "$CF --steps 7467 --t-sampling lognormal --p-mean 1.0 --p-std 1.5"
 two cf-ch2 "$CF --steps 9260 --ch 2"                         # 1.24x cheaper
-two cf-npi2 "$CF --steps 4928 --noise-per-image 2"           # 1.52x dearer
 two cf-b128 "$CF --steps 3995 --batch-size 128"              # images/s 1.07x
 two ae-b128 "$AE --steps 4815 --batch-size 128"              # images/s 1.04x the AE's
 two cf-l256 "$CF --steps 7467 --latent-dim 256"
 two cf-lr2 "$CF --steps 7467 --lr 2e-3 --enc-lr-mult 0.15"   # the encoder's lr unchanged
-ROWS+=("cf-s2=$CF --steps 7467 --seed 2" "ae-s2=$AE --steps 9225 --seed 2")
-two cf-do3 "$CF --steps 7094 --dropout 0.3"
-two cf-elr5 "$CF --steps 7467 --enc-lr-mult 0.5"
-ROWS+=("cf-decorr-s0=$CF --steps 7467 --decorr 0.1 --seed 0")
 
-rm -rf runs/gs probes/gs
-timeout $(( $(left) - 40 )) python3 benchmarks/gpu_screen.py --out runs/gs --probe --probe-out probes/gs --group 8 \
-  --limit $(( $(left) - 150 )) --rows "${ROWS[@]}"
+rm -rf runs/gs probes/gs runs/gcheck
+echo "== check: the same AE and DRL runs alone and four side by side (2000 steps; final losses must agree)"
+python3 benchmarks/gpu_screen.py --out runs/gcheck/solo --group 1 --rows "ae=$AE --steps 2000" "cf=$CF --steps 2000"
+python3 benchmarks/gpu_screen.py --out runs/gcheck/side --group 4 --rows "ae=$AE --steps 2000" "cf=$CF --steps 2000" \
+  "ae1=$AE --steps 2000 --seed 1" "cf1=$CF --steps 2000 --seed 1"
+GROUP=$(python3 -c "
+import json
+loss = lambda p: {r['name']: r['final_loss'] for r in map(json.loads, open(p))}
+solo, side = loss('runs/gcheck/solo/screen.jsonl'), loss('runs/gcheck/side/screen.jsonl')
+print(solo, side, file=__import__('sys').stderr)
+print(8 if abs(side['ae'] / solo['ae'] - 1) < 0.01 else 1)" || echo 1)
+echo "runs side by side: $GROUP"
+timeout $(( $(left) - 30 )) python3 benchmarks/gpu_screen.py --out runs/gs --probe --probe-out probes/gs --group $GROUP \
+  --limit $(( $(left) - 70 )) --rows "${ROWS[@]}"
 RC=$?; echo "screen rc $RC ($(left) s left)"
 if [ $RC != 0 ] && [ ! -s runs/gs/screen.jsonl ]; then  # streams side by side failed: one run at a time
   rm -rf runs/gs probes/gs
   timeout $(( $(left) - 40 )) python3 benchmarks/gpu_screen.py --out runs/gs --probe --probe-out probes/gs --group 1 \
-    --limit $(( $(left) - 150 )) --rows "${ROWS[@]}"
+    --limit $(( $(left) - 70 )) --rows "${ROWS[@]}"
   echo "screen, one at a time, rc $? ($(left) s left)"
 fi
 
-tar czf "$OUT/results.tgz" runs/gs/screen.jsonl probes/gs/*/probe.json
+tar czf "$OUT/results.tgz" runs/gs/screen.jsonl runs/gcheck/*/screen.jsonl probes/gs/*/probe.json
 python3 - <<'EOF'
 import glob, os, tarfile, torch
-paths = sorted(p for p in glob.glob("runs/gs/*/ckpt.pt") if not p.startswith("runs/gs/ae"))
-for i in range(0, len(paths), 12):
-    with tarfile.open(f"{os.environ['OUT']}/ema_{i // 12}.tgz", "w:gz") as tar:
-        for p in paths[i:i + 12]:
+paths, packs = sorted(glob.glob("runs/gs/*/ckpt.pt")), [[]]
+for p in paths:  # EMA weights only (what probe.py reads), in tars of at most 15 MB
+    size = 7.7 if "/ae" in p else 1.3
+    if sum(s for _, s in packs[-1]) + size > 15:
+        packs.append([])
+    packs[-1].append((p, size))
+for i, pack in enumerate(packs[:6]):
+    with tarfile.open(f"{os.environ['OUT']}/ema_{i}.tgz", "w:gz") as tar:
+        for p, _ in pack:
             c = torch.load(p, map_location="cpu", weights_only=True)
             for k in ("opt", "scaler", "rng"):
                 c.pop(k, None)
