@@ -217,7 +217,7 @@ def parse_args(argv=None):
     p.add_argument("--init", choices=["drl", "random"], default="drl")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's; needed without --ckpt")
     p.add_argument("--ch", type=int, default=16, help="architecture without --ckpt")
-    p.add_argument("--latent-dim", type=int, default=128, help="architecture without --ckpt")
+    p.add_argument("--latent-dim", type=int, default=256, help="architecture without --ckpt (the cpu preset's)")
     p.add_argument("--num-labeled", type=int, default=100)
     p.add_argument("--label-seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=20, help="pseudo-labelling epochs, after the warm-up")

@@ -22,16 +22,18 @@ DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
 # 8-channel score net without middle attention (most of the step's time goes to the encoder), EDM's
 # preconditioning and weighting, half the times sigma uniform (high noise: the class) and half uniform
 # in t (every scale, so the low noise levels where samples get their texture are trained too), the
-# code also as a spatial map read from z, layer-normalised, lr 1e-3 (the encoder's 0.3 times that).
+# code also as a spatial map read from z, layer-normalised, lr 1e-3 (the encoder's 0.3 times that), a
+# 256-d code (the autoencoder baseline gets the same encoder and code).
 PRESETS = {
     "paper": dict(ch=32, ch_mult=None, num_res_blocks=2, batch_size=128, steps=80_000, warmup=5000, lr=2e-4,
                   log_every=100, save_every=5000, ema=0.999, precond="paper", weighting="paper",
                   t_sampling="uniform", latent_norm=False, code_map=False, code_map_from="emb", l1=1e-5,
-                  probe_n=0, lr_decay="none", enc_ch=None, mid_attn=True, t_uniform_share=0.0, enc_lr_mult=1.0),
+                  probe_n=0, lr_decay="none", enc_ch=None, mid_attn=True, t_uniform_share=0.0, enc_lr_mult=1.0,
+                  latent_dim=128),
     "cpu": dict(ch=8, enc_ch=16, ch_mult="1,2", num_res_blocks=1, mid_attn=False, batch_size=64, steps=8000,
                 warmup=200, lr=1e-3, enc_lr_mult=0.3, log_every=100, save_every=2000, ema=0.995, precond="edm",
                 weighting="edm", t_sampling="sigma", t_uniform_share=0.5, latent_norm=None, code_map=True,
-                code_map_from="z", l1=0.0, probe_n=5000, lr_decay="none"),
+                code_map_from="z", l1=0.0, probe_n=5000, lr_decay="none", latent_dim=256),
 }
 MIN_NORM_DIM = 8  # a layer norm over D dims leaves D - 1 of them: over 1 it maps every code to 0, over 2 to ±(1, -1)
 

@@ -227,7 +227,7 @@ def test_code_map_from_z_and_a_uniform_share_train_end_to_end(tmp_path):
     out = run(tmp_path, "z", "--steps", "4", "--save-every", "4", "--code-map-from", "z", "--t-uniform-share", "0.3",
               "--lr-decay", "cosine")
     score_net, encoder, _, ckpt = load_run(out / "ckpt.pt")
-    assert score_net.code_map.in_features == encoder.latent_dim == 128  # read from z, not its 64-d embedding
+    assert score_net.code_map.in_features == encoder.latent_dim == 256  # read from z (the cpu preset's 256-d code), not its embedding
     assert ckpt["args"]["t_uniform_share"] == 0.3
     x, t = torch.rand(2, 1, 28, 28), torch.full((2,), 0.7)
     z = encoder(x)[0]
