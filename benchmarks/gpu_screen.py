@@ -42,8 +42,6 @@ def build(name, flags, args, device):
     if args.data_dir:
         argv += ["--data-dir", args.data_dir]
     targs = train_drl.parse_args(argv)
-    if (Path(targs.out) / "ckpt.pt").exists():
-        raise SystemExit(f"error: {targs.out}/ckpt.pt exists; remove it or pass another --out")
     torch.manual_seed(targs.seed)  # the row's seed sets its initialisation, as in train_drl.py
     tr = train_drl.Training(targs, device)
     for m in tr.nets.values():
@@ -95,6 +93,8 @@ def main(argv=None):
         if not sep or not name:
             raise SystemExit(f"error: --rows takes NAME=FLAGS, got {row!r}")
         rows.append((name, shlex.split(flags)))
+        if (Path(args.out) / name / "ckpt.pt").exists():  # checked for every row before any trains
+            raise SystemExit(f"error: {args.out}/{name}/ckpt.pt exists; remove it or pass another --out")
     start, per_step, probes = time.perf_counter(), None, []
     summary = Path(args.out) / "screen.jsonl"
     Path(args.out).mkdir(parents=True, exist_ok=True)
