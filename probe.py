@@ -12,7 +12,9 @@ training and test images (the mean, for a probabilistic encoder), and the frozen
 - knn: majority vote of the k nearest training codes (euclidean, standardised);
 - few-shot: nearest class mean of 1, 5 and 10 labelled training codes per class, averaged over draws;
 - silhouette: of the test codes with respect to the class labels (euclidean, codes as they are);
-  on `shapes` also with respect to the fine factor, the stroke width (silhouette_fine).
+  on `shapes` also with respect to the fine factor, the stroke width (silhouette_fine);
+- distance_to_last_t (a time-conditioned encoder at several t): how far the test codes at t lie from
+  those at the last t, over their spread; near 0 the encoder has learned to ignore t.
 Baselines computed here: raw pixels and a randomly initialised encoder of the first checkpoint's
 architecture. Writes OUT/probe.json (every number), OUT/probe.png (accuracy and silhouette vs t),
 OUT/scatter_NAME.png for 2-D codes (and scatter_all.png with one column per run when several runs
@@ -119,6 +121,15 @@ def silhouette(x, y):
     return torch.cat(scores).mean().item()
 
 
+@torch.no_grad()
+def distance_along_t(codes, reference):
+    """How far a time-conditioned code moves: the mean distance ||E(x, t) - E(x, t_ref)|| between the
+    codes of the same images at t and at a reference t, over the mean spread ||E(x, t_ref) - mean|| of
+    the reference codes. Near 0: the encoder ignores t."""
+    spread = (reference - reference.mean(0)).norm(dim=1).mean().clamp(min=1e-12)
+    return ((codes - reference).norm(dim=1).mean() / spread).item()
+
+
 # ---- the stage ----
 
 def parse_args(argv=None):
@@ -210,6 +221,11 @@ def main(argv=None):
                                                 lambda: encode_images(encoder, test_images, t, device))
             rows.append(dict(t=t, **probe_codes(args, train.to(device), y_train, test.to(device), y_test, fine)))
             print(f"{name:>24} t={'-' if t is None else f'{t:.2f}'}: " + fmt(rows[-1]), flush=True)
+        if len(ts) > 1:  # does the code move with t at all? (an encoder can learn to ignore it)
+            for t, row in zip(ts, rows):
+                row["distance_to_last_t"] = distance_along_t(test_codes[t].to(device), test_codes[ts[-1]].to(device))
+            print(f"{name:>24} distance from the code at t={ts[-1]:g}, over its spread: "
+                  + "  ".join(f"t={t:g} {row['distance_to_last_t']:.3f}" for t, row in zip(ts, rows)), flush=True)
         results[name] = dict(ckpt=str(path), objective=ckpt["args"]["objective"], latent_dim=encoder.latent_dim,
                              time_cond=encoder.time_cond, step=ckpt["step"], per_t=rows)
         if encoder.latent_dim == 2:

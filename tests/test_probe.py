@@ -96,6 +96,8 @@ def test_stage_end_to_end_and_cache(tmp_path, runs):
     flat = lambda x: x.flatten(1).float() / 255
     expected, _ = linear_probe(flat(images[keep]), labels[keep], flat(test_images[:200]), test_labels[:200])
     assert first["raw_pixels"]["per_t"][0]["linear"] == pytest.approx(expected) and expected > 0.6
+    distances = [row["distance_to_last_t"] for row in first["tc2"]["per_t"]]
+    assert distances[1] == 0 and distances[0] > 0 and "distance_to_last_t" not in first["ae"]["per_t"][0]
     saved = json.loads((tmp_path / "probe.json").read_text())
     assert saved["meta"]["train_images"] == 300 and saved["results"]["tc2"]["per_t"][1]["t"] == 1.0
     assert (tmp_path / "probe.png").stat().st_size > 0 and (tmp_path / "scatter_tc2.png").stat().st_size > 0
@@ -125,3 +127,25 @@ def test_participation_ratio():
     assert participation_ratio(line) == pytest.approx(1, abs=1e-6)                        # one direction
     two = torch.cat([torch.randn(20000, 2), 1e-4 * torch.randn(20000, 30)], 1)            # near-copies of 2
     assert participation_ratio(two) == pytest.approx(2, rel=0.03)
+
+
+def test_distance_along_t_is_zero_for_an_encoder_that_ignores_t():
+    ref = torch.randn(500, 16) * 3
+    assert probe.distance_along_t(ref, ref) == 0
+    shift = (ref - ref.mean(0)).norm(dim=1).mean()  # moving every code by one spread reads 1
+    assert probe.distance_along_t(ref + shift * torch.eye(16)[0], ref) == pytest.approx(1, rel=1e-5)
+    from encoder import Encoder
+    from codes import encode_images
+    torch.manual_seed(0)
+    encoder = Encoder(ch=8, ch_mult=(1, 2), num_res_blocks=1, latent_dim=16, time_cond=True).eval()
+    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
+    cpu = torch.device("cpu")
+    codes = lambda t: encode_images(encoder, images, t, cpu)
+    films = [block for block in encoder.trunk if getattr(block, "film", None) is not None]
+    assert films and probe.distance_along_t(codes(0.0), codes(1.0)) == 0  # each block's last conv starts at zero
+    for block in films:  # as after some training: the FiLM-modulated path reaches the code
+        torch.nn.init.normal_(block.conv2.weight, std=0.1)
+    assert probe.distance_along_t(codes(0.0), codes(1.0)) > 0.05
+    for block in films:
+        torch.nn.init.zeros_(block.film.weight), torch.nn.init.zeros_(block.film.bias)
+    assert probe.distance_along_t(codes(0.0), codes(1.0)) < 1e-6  # no path from t: the same code at every t
