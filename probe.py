@@ -222,8 +222,9 @@ def main(argv=None):
             rows.append(dict(t=t, **probe_codes(args, train.to(device), y_train, test.to(device), y_test, fine)))
             print(f"{name:>24} t={'-' if t is None else f'{t:.2f}'}: " + fmt(rows[-1]), flush=True)
         if len(ts) > 1:  # does the code move with t at all? (an encoder can learn to ignore it)
+            last = test_codes[ts[-1]].to(device)
             for t, row in zip(ts, rows):
-                row["distance_to_last_t"] = distance_along_t(test_codes[t].to(device), test_codes[ts[-1]].to(device))
+                row["distance_to_last_t"] = distance_along_t(test_codes[t].to(device), last)
             print(f"{name:>24} distance from the code at t={ts[-1]:g}, over its spread: "
                   + "  ".join(f"t={t:g} {row['distance_to_last_t']:.3f}" for t, row in zip(ts, rows)), flush=True)
         results[name] = dict(ckpt=str(path), objective=ckpt["args"]["objective"], latent_dim=encoder.latent_dim,
