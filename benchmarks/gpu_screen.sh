@@ -84,6 +84,6 @@ for i, pack in enumerate(packs[:6]):
             torch.save(c, p + ".ema")
             tar.add(p + ".ema", arcname=p)
             tar.add(p.replace("ckpt.pt", "config.json"))
-print("packed", len(paths), "runs")
+print("packed", sum(len(pack) for pack in packs[:6]), "of", len(paths), "runs (the rest did not fit six tars)")
 EOF
 ls -la "$OUT"; echo "== done, $(left) s of $LIMIT left"
