@@ -1,5 +1,5 @@
 """Where the stages run: the device and its autocast, one-line errors, checked flags and folders,
-stopping on a signal, one run per folder. Imports no network.
+stopping on a signal, one run per folder, its stats rows, torchrun's processes. Imports no network.
 
     device = pick_device(args.device)          # cuda, then mps, then cpu; a clear error if absent
     with autocast(device, "bf16"): ...          # bf16 on CUDA, a no-op where it does not pay
@@ -8,6 +8,7 @@ stopping on a signal, one run per folder. Imports no network.
     out = prepare_out(args.out)                 # the output folder exists and is writable before any work
 """
 import fcntl
+import json
 import math
 import os
 import signal
@@ -15,6 +16,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 
 def pick_device(name=None):
@@ -122,3 +124,46 @@ def lock_run_folder(out):
     for stale in out.glob("*.tmp"):  # left by a run killed while writing
         stale.unlink()
     return handle
+
+
+def write_row(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def drop_rows_after(path, step):
+    """stats.jsonl of a resumed run: rows past the checkpoint's step were lost with the run, drop them."""
+    if path.exists():
+        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def start_world(device, batch_size, cuda_graph):
+    """torchrun's processes (DistributedDataParallel): each owns one GPU (or a CPU share) and a 1/world
+    share of the batch. Returns (device, rank, world); one process without torchrun."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if batch_size % world:
+            raise SystemExit(f"error: --batch-size {batch_size} does not split over {world} processes")
+        if cuda_graph:
+            raise SystemExit("error: --cuda-graph runs in one process (DDP's gradient hooks are not captured); "
+                             "leave the flag out under torchrun")
+    return device, rank, world
+
+
+def world_agrees(device, world, flag):
+    """A time-based decision taken by rank 0 and shared, so that every DDP process acts on it alike."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
+
+
+def end_world(world):
+    if world > 1:
+        dist.destroy_process_group()

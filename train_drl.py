@@ -38,51 +38,19 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from baselines import autoencoder_loss, simclr_gauss_loss
-from checkpoint import CheckpointError, build_nets, encoder_config, read_checkpoint, save_atomic
+from checkpoint import CheckpointError, build_nets, read_checkpoint, save_atomic
 from codes import encode_images
-from data import IMAGE_SHAPE, DataError, data_source, load_dataset
+from data import DataError, data_source, load_dataset
 from encoder import reparameterise
 from linear_probe import linear_probe, participation_ratio
-from runtime import StopRequest, autocast, exit_on, lock_run_folder
+from runtime import (StopRequest, autocast, drop_rows_after, end_world, exit_on, lock_run_folder, start_world,
+                     world_agrees, write_row)
 from sde import VESDE, dsm_loss, kl_to_standard_normal
 from speed import benchmark
-from train_flags import DIFFUSION, parse_args
+from train_flags import ADDED_LATER, RESUME_MUST_MATCH, net_config, parse_args
 
 EVAL_SEED = 1234  # the eval loss uses the same t and noise at every save and in every run
 GRAPH_WARMUP = 3  # --cuda-graph: eager steps before the capture (optimiser state, cuDNN autotuning)
-
-
-def net_config(args, sigma_data):
-    """Constructor arguments of every network: stored in the checkpoint so no later stage repeats them."""
-    in_ch, size, _ = IMAGE_SHAPE[args.dataset]
-    arch = dict(in_ch=in_ch, image_size=size, ch=args.ch, num_res_blocks=args.num_res_blocks,
-                ch_mult=[int(m) for m in args.ch_mult.split(",")],
-                attn_res=[int(r) for r in args.attn_res.split(",") if r],
-                sigma_min=args.sigma_min, sigma_max=args.sigma_max)
-    latent = 0 if args.objective == "score" else args.latent_dim
-    config = dict(score_net=None, encoder=None, decoder=None, projector=None)
-    if args.objective in DIFFUSION:
-        config["score_net"] = dict(arch, latent_dim=latent, dropout=args.dropout, sigma_data=sigma_data,
-                                   precond=args.precond, latent_norm=args.latent_norm and latent > 0,
-                                   code_map=args.code_map and latent > 0, code_map_from=args.code_map_from,
-                                   mid_attn=args.mid_attn, emb_dim=args.emb_dim,
-                                   code_map_every_res=args.code_map_every_res, patch=folded(args.score_patch))
-    if latent:
-        config["encoder"] = encoder_config(in_ch, size, args.enc_ch, latent, arch["ch_mult"], args.num_res_blocks,
-                                           attn_res=arch["attn_res"], sigma_min=args.sigma_min,
-                                           sigma_max=args.sigma_max, probabilistic=args.objective in ("vdrl", "vae"),
-                                           time_cond=args.time_cond, patch=folded(args.patch))
-    if args.objective in ("ae", "vae"):
-        config["decoder"] = dict(in_ch=in_ch, image_size=size, ch=args.enc_ch, ch_mult=arch["ch_mult"],
-                                 latent_dim=latent, patch=folded(args.patch))  # mirrors the encoder
-    if args.objective == "simclr_gauss":
-        config["projector"] = dict(latent_dim=latent)
-    return config
-
-
-def folded(patch):
-    """A constructor's patch: None (unfolded) at 1, so configs saved before --patch existed still match."""
-    return patch if patch > 1 else None
 
 
 # ---- the objectives: each (networks, sde, x0, args) -> (loss, regulariser), batch means ----
@@ -342,41 +310,10 @@ class Training:
             self.data_gen.manual_seed(seed)
 
 
-# flags that define what a run learns: resuming with another value would train a different run
-RESUME_MUST_MATCH = ("dataset", "objective", "enc_lr_mult", "t_sampling", "t_uniform_share", "share_trains", "t_fixed",
-                     "p_mean", "p_std", "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
-# what a checkpoint saved before a flag existed trained with
-ADDED_LATER = dict(t_uniform_share=0.0, share_trains="both", enc_lr_mult=1.0)
-
-
-def write_row(path, row):
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
-
-
-def drop_rows_after(path, step):
-    """stats.jsonl of a resumed run: rows past the checkpoint's step were lost with the run, drop them."""
-    if path.exists():
-        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
-        path.write_text("".join(r + "\n" for r in rows))
-
-
 def main(argv=None):
     """Train; returns the (score_net, encoder) modules (None where the run has none) for inspection."""
     args = parse_args(argv)
-    device = torch.device(args.device)
-    # torchrun sets these; each process owns one GPU (or CPU share) and a 1/world share of the batch
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if args.batch_size % world:
-            raise SystemExit(f"error: --batch-size {args.batch_size} does not split over {world} processes")
-        if args.cuda_graph:
-            raise SystemExit("error: --cuda-graph runs in one process (DDP's gradient hooks are not captured); "
-                             "leave the flag out under torchrun")
+    device, rank, world = start_world(torch.device(args.device), args.batch_size, args.cuda_graph)  # torchrun's, or one
     torch.manual_seed(args.seed + rank)  # different noise and t per process; DDP syncs the weights
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -396,15 +333,16 @@ def main(argv=None):
         m.train()
     if args.benchmark:
         benchmark(tr, args.benchmark)
-        return finish(world, tr.nets)
-    if rank == 0:
-        drop_rows_after(out / "stats.jsonl", tr.step)
-    try:
-        train(tr, out)
-    finally:  # however the run ends (a NaN, a second Ctrl-C), the folder is free again
-        if lock is not None:
-            lock.close()
-    return finish(world, tr.nets)
+    else:
+        if rank == 0:
+            drop_rows_after(out / "stats.jsonl", tr.step)
+        try:
+            train(tr, out)
+        finally:  # however the run ends (a NaN, a second Ctrl-C), the folder is free again
+            if lock is not None:
+                lock.close()
+    end_world(world)
+    return tr.nets.get("score_net"), tr.nets.get("encoder")
 
 
 def train(tr, out):
@@ -433,12 +371,12 @@ def train(tr, out):
             # once here: a signal that lands later in this iteration (during the log line, the eval or the
             # save) is acted on after the next step, with its own save.
             now, check_time = time.time(), tr.world == 1 or tr.step % 10 == 0
-            stopping = check_time and world_agrees(tr, stop.requested)
+            stopping = check_time and world_agrees(tr.device, tr.world, stop.requested)
             elapsed = tr.train_seconds + time.perf_counter() - t0
             tr.progress = elapsed / budget  # 0 without --minutes: the lr decays by steps alone
-            out_of_time = check_time and world_agrees(tr, elapsed >= budget)
-            save_time = check_time and world_agrees(tr, now - last_save_time > 60 * args.save_minutes)
-            log_time = check_time and world_agrees(tr, now - last_log > 30)
+            out_of_time = check_time and world_agrees(tr.device, tr.world, elapsed >= budget)
+            save_time = check_time and world_agrees(tr.device, tr.world, now - last_save_time > 60 * args.save_minutes)
+            log_time = check_time and world_agrees(tr.device, tr.world, now - last_log > 30)
             at_save = (tr.step % args.save_every == 0 or tr.step >= args.steps or stopping
                        or out_of_time or save_time)
             if not (at_save or log_time or tr.step % args.log_every == 0):
@@ -483,15 +421,6 @@ def train(tr, out):
         print(f"done: step {tr.step}, {tr.train_seconds / 60:.1f} min of training; {tr.ckpt_path}")
 
 
-def world_agrees(tr, flag):
-    """A time-based decision taken by rank 0 and shared, so that every DDP process acts on it alike."""
-    if tr.world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=tr.device)
-    dist.broadcast(t, 0)
-    return bool(t.item())
-
-
 def eta_seconds(tr, budget):
     per_step = tr.train_seconds / max(1, tr.step)
     return min(budget, (tr.args.steps - tr.step) * per_step + tr.train_seconds) - tr.train_seconds
@@ -512,12 +441,6 @@ def nan_message(value, tr, n_sum, last_saved, where="loss"):
     what = "the loss became" if where == "loss" else "the weights or the eval loss became"
     return (f"error: {what} {value} between steps {tr.step - n_sum} and {tr.step}; {kept}: "
             f"lower --lr or use --amp off")
-
-
-def finish(world, nets):
-    if world > 1:
-        dist.destroy_process_group()
-    return nets.get("score_net"), nets.get("encoder")
 
 
 if __name__ == "__main__":

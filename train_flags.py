@@ -1,13 +1,14 @@
 """The flags of train_drl.py: the two presets, the parser (every default shown in --help, the
-preset's where it fills a flag) and the checks that turn a value which would fail later, or train
-silently on nonsense, into one argparse line.
+preset's where it fills a flag), the checks that turn a value which would fail later, or train
+silently on nonsense, into one argparse line, and the networks the flags build.
 
     python train_drl.py --help                  # every flag, its default and what each preset sets
+    config = net_config(args, sigma_data)       # the networks' constructor arguments, saved in the checkpoint
 """
 import argparse
 import textwrap
 
-from checkpoint import default_ch_mult
+from checkpoint import default_ch_mult, encoder_config
 from data import DATASETS, IMAGE_SHAPE
 from runtime import check_numbers, pick_device
 
@@ -36,6 +37,11 @@ PRESETS = {
                 code_map_from="z", l1=0.0, probe_n=5000, lr_decay="none", latent_dim=256),
 }
 MIN_NORM_DIM = 8  # a layer norm over D dims leaves D - 1 of them: over 1 it maps every code to 0, over 2 to ±(1, -1)
+# flags that define what a run learns: resuming with another value would train a different run
+RESUME_MUST_MATCH = ("dataset", "objective", "enc_lr_mult", "t_sampling", "t_uniform_share", "share_trains", "t_fixed",
+                     "p_mean", "p_std", "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
+# what a checkpoint saved before a flag existed trained with
+ADDED_LATER = dict(t_uniform_share=0.0, share_trains="both", enc_lr_mult=1.0)
 
 
 def parse_args(argv=None):
@@ -205,6 +211,40 @@ def check_args(p, args):
     if not all(r.isdigit() and int(r) in resolutions for r in attn):
         p.error(f"--attn-res must name resolutions the net has ({','.join(map(str, resolutions))} for --ch-mult "
                 f"{args.ch_mult} on {args.dataset}), separated by commas; not {args.attn_res!r}")
+
+
+def net_config(args, sigma_data):
+    """Constructor arguments of every network: stored in the checkpoint so no later stage repeats them."""
+    in_ch, size, _ = IMAGE_SHAPE[args.dataset]
+    arch = dict(in_ch=in_ch, image_size=size, ch=args.ch, num_res_blocks=args.num_res_blocks,
+                ch_mult=[int(m) for m in args.ch_mult.split(",")],
+                attn_res=[int(r) for r in args.attn_res.split(",") if r],
+                sigma_min=args.sigma_min, sigma_max=args.sigma_max)
+    latent = 0 if args.objective == "score" else args.latent_dim
+    config = dict(score_net=None, encoder=None, decoder=None, projector=None)
+    if args.objective in DIFFUSION:
+        config["score_net"] = dict(arch, latent_dim=latent, dropout=args.dropout, sigma_data=sigma_data,
+                                   precond=args.precond, latent_norm=args.latent_norm and latent > 0,
+                                   code_map=args.code_map and latent > 0, code_map_from=args.code_map_from,
+                                   mid_attn=args.mid_attn, emb_dim=args.emb_dim,
+                                   code_map_every_res=args.code_map_every_res, patch=folded(args.score_patch))
+    if latent:
+        config["encoder"] = encoder_config(in_ch, size, args.enc_ch, latent, arch["ch_mult"], args.num_res_blocks,
+                                           attn_res=arch["attn_res"], sigma_min=args.sigma_min,
+                                           sigma_max=args.sigma_max, probabilistic=args.objective in ("vdrl", "vae"),
+                                           time_cond=args.time_cond, patch=folded(args.patch))
+    if args.objective in ("ae", "vae"):
+        config["decoder"] = dict(in_ch=in_ch, image_size=size, ch=args.enc_ch, ch_mult=arch["ch_mult"],
+                                 latent_dim=latent, patch=folded(args.patch))  # mirrors the encoder
+    if args.objective == "simclr_gauss":
+        config["projector"] = dict(latent_dim=latent)
+    return config
+
+
+def folded(patch):
+    """A constructor's patch: None (unfolded) at 1, so configs saved before --patch existed still match."""
+    return patch if patch > 1 else None
+
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
