@@ -246,7 +246,6 @@ def folded(patch):
     return patch if patch > 1 else None
 
 
-
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """--help shows every default (the preset's where it fills the flag) and keeps the epilog's lines."""
 
