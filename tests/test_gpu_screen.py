@@ -30,3 +30,15 @@ def test_screen_trains_each_row_to_its_steps_and_saves_a_checkpoint(tmp_path, ca
         gpu_screen.main(["--dataset", "shapes", "--device", "cpu", "--out", str(out), "--rows", f"a={ROW} --steps 1"])
     with pytest.raises(SystemExit, match="NAME=FLAGS"):
         gpu_screen.main(["--device", "cpu", "--rows", "no-equals-sign"])
+
+
+@pytest.mark.parametrize("screen, rows", [("levers", 30), ("seeds", 24)])
+def test_every_row_of_the_gpu_call_parses(tmp_path, screen, rows):
+    """benchmarks/gpu_screen.sh with DRY=1 parses its rows with train_drl.py's parser and trains nothing:
+    a row with a wrong flag fails here, not on a lent GPU."""
+    import os
+    import subprocess
+    env = dict(os.environ, DRY="1", SCREEN=screen, OUT=str(tmp_path))
+    done = subprocess.run(["bash", "benchmarks/gpu_screen.sh"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{rows} rows parsed" in done.stdout
