@@ -27,7 +27,6 @@ import json
 import time
 from functools import partial
 from types import SimpleNamespace
-from pathlib import Path
 
 import torch
 from torchvision.utils import save_image
@@ -109,6 +108,10 @@ def main(argv=None):
     if run.get("t_sampling") == "sigma" and not run.get("t_uniform_share"):
         print("note: this run drew sigma uniformly in training, so its score net saw few noise levels below 1 "
               "and samples keep a grain; for samples train with --t-uniform-share or --t-sampling uniform")
+    if run.get("t_sampling") == "fixed" and not run.get("t_uniform_share"):
+        print(f"note: this run's score net learned one noise level (t = {run['t_fixed']}, e.g. --preset code), "
+              f"so the sampler's other levels are untrained and its samples are not images; for samples train "
+              f"with the cpu preset")
 
     def score_fn_for(z=None, x0=None):
         """s(x, t, z) with a fixed code z, or the code of clean images x0 (recomputed per t if the

@@ -483,7 +483,6 @@ def test_bad_numbers_get_one_argparse_line(tmp_path, capsys, flags, says):
 
 
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
-    from checkpoint import CheckpointError
     lock = train_drl.lock_run_folder(tmp_path / "busy")
     (tmp_path / "busy" / "ckpt.pt.123.tmp").write_text("stale")
     with pytest.raises(SystemExit, match="in use by another train_drl.py run"):
@@ -559,3 +558,18 @@ def test_patch_trains_end_to_end_and_must_divide_the_image(tmp_path, capsys):
         with pytest.raises(SystemExit):
             train_drl.parse_args(TINY + [flag, "3"])
         assert f"{flag} 3 must divide the image size" in capsys.readouterr().err
+
+
+def test_the_code_preset_is_the_cpu_preset_with_one_noise_level(tmp_path, capsys):
+    """--preset code: a 4-channel score net trained at t = 0.4 only; sample.py says its samples are not images."""
+    import sample
+    code, cpu = (train_drl.parse_args(["--preset", name]) for name in ("code", "cpu"))
+    assert (code.ch, code.t_sampling, code.t_fixed, code.t_uniform_share) == (4, "fixed", 0.4, 0.0)
+    assert {k for k in vars(cpu) if getattr(cpu, k) != getattr(code, k)} == {
+        "preset", "ch", "t_sampling", "t_fixed", "t_uniform_share", "steps"}
+    out = tmp_path / "code"
+    train_drl.main(["--dataset", "shapes", "--preset", "code", "--batch-size", "8", "--eval-n", "8", "--steps", "2",
+                    "--save-every", "2", "--log-every", "2", "--device", "cpu", "--probe-n", "0", "--out", str(out)])
+    sample.main(["--ckpt", str(out / "ckpt.pt"), "--mode", "recon", "--steps", "1", "--n", "1", "--device", "cpu",
+                 "--corrector-steps", "0", "--out", str(tmp_path / "samples")])
+    assert "one noise level (t = 0.4" in capsys.readouterr().out
