@@ -15,7 +15,7 @@ NT-Xent loss, where the only augmentation is additive Gaussian pixel noise).
 
 Writes OUT/ckpt.pt (one dict, `torch.load(p, weights_only=True)`), OUT/config.json and
 OUT/stats.jsonl (with the EMA encoder's linear probe at each save, the probe curve). Running the
-same command again resumes from OUT/ckpt.pt; Ctrl-C saves first. The flags, the two presets and
+same command again resumes from OUT/ckpt.pt; Ctrl-C saves first. The flags, the presets and
 the networks they build are in train_flags.py.
 """
 import os

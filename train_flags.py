@@ -1,4 +1,4 @@
-"""The flags of train_drl.py: the two presets, the parser (every default shown in --help, the
+"""The flags of train_drl.py: the presets (cpu, code, paper), the parser (every default shown in --help, the
 preset's where it fills a flag), the checks that turn a value which would fail later, or train
 silently on nonsense, into one argparse line, and the networks the flags build.
 
