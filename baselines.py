@@ -1,26 +1,26 @@
 """The baselines of the TMLR paper's Fig. 4: the DRL encoder trained by other objectives, with their
 heads and losses. `Decoder` reconstructs x_0 from z (AE; VAE with a probabilistic encoder and the
 ELBO's KL), `Projector` and `nt_xent` are SimCLR's head and loss, here with Gaussian pixel noise as
-the only augmentation (SimCLR-Gauss). Each loss takes (networks, sde, x0, args) like train_drl.py's
-diffusion loss and returns (loss, regulariser), batch means.
+the only augmentation (SimCLR-Gauss). Each loss is built from its parameters, like sde.DRLLoss, and
+called with the encoder and its head; it returns (loss, regulariser), batch means.
+
+    loss, reg = AutoencoderLoss(kl=1.0)(encoder, decoder, x0)
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from encoder import reparameterise
 from sde import kl_to_standard_normal
-from unet import group_norm, unfold
+from unet import group_norm
 
 
 class Decoder(nn.Module):
     """x_0 from z alone (AE, VAE): dense layers to the encoder's smallest feature map, then per level
     a nearest-neighbour upsampling and two GroupNorm-SiLU-conv layers; returns pixel logits."""
 
-    def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), latent_dim=128, hidden=256, patch=None):
+    def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), latent_dim=128, hidden=256):
         super().__init__()
-        self.patch = patch = patch or 1
-        self.sizes = [image_size // patch]  # patch > 1: mirrors the encoder's folded grid
+        self.sizes = [image_size]
         for _ in ch_mult[1:]:
             self.sizes.append((self.sizes[-1] + 1) // 2)  # the encoder's resolutions, e.g. 28, 14
         chans = [ch * m for m in ch_mult]
@@ -32,7 +32,7 @@ class Decoder(nn.Module):
             self.levels.append(nn.Sequential(
                 group_norm(c_in), nn.SiLU(), nn.Conv2d(c_in, c_out, 3, padding=1),
                 group_norm(c_out), nn.SiLU(), nn.Conv2d(c_out, c_out, 3, padding=1)))
-        self.out = nn.Sequential(group_norm(chans[0]), nn.SiLU(), nn.Conv2d(chans[0], in_ch * patch ** 2, 3, padding=1))
+        self.out = nn.Sequential(group_norm(chans[0]), nn.SiLU(), nn.Conv2d(chans[0], in_ch, 3, padding=1))
 
     def forward(self, z):
         c, s = self.start
@@ -41,7 +41,7 @@ class Decoder(nn.Module):
             h = level(h)
             if h.shape[-1] != size:
                 h = F.interpolate(h, size=(size, size), mode="nearest")
-        return unfold(self.out(h), self.patch)
+        return self.out(h)
 
 
 class Projector(nn.Module):
@@ -66,18 +66,30 @@ def nt_xent(h1, h2, temperature=0.5):
     return F.cross_entropy(sim, positive)
 
 
-def autoencoder_loss(nets, sde, x0, args):
-    """ae, vae: x_0 from z alone; Bernoulli likelihood of the intensities in [0, 1] (+ KL for vae)."""
-    z, mu, logvar = reparameterise(*nets["encoder"](x0))
-    logits = nets["decoder"](z).float()
-    loss = F.binary_cross_entropy_with_logits(logits, x0, reduction="none").flatten(1).sum(1).mean()
-    reg = args.kl * kl_to_standard_normal(mu, logvar).mean() if logvar is not None else torch.zeros_like(loss)
-    return loss, reg
+class AutoencoderLoss:
+    """ae, vae: x_0 from z alone; Bernoulli likelihood of the intensities in [0, 1], plus kl times the
+    KL of a probabilistic code to N(0, I) (vae: the ELBO at kl = 1)."""
+
+    def __init__(self, kl=1.0):
+        self.kl = kl
+
+    def __call__(self, encoder, decoder, x0):
+        mu, logvar = encoder(x0)
+        z = mu if logvar is None else mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        logits = decoder(z).float()
+        loss = F.binary_cross_entropy_with_logits(logits, x0, reduction="none").flatten(1).sum(1).mean()
+        reg = self.kl * kl_to_standard_normal(mu, logvar).mean() if logvar is not None else torch.zeros_like(loss)
+        return loss, reg
 
 
-def simclr_gauss_loss(nets, sde, x0, args):
-    """SimCLR's NT-Xent on two views of each image that differ only by Gaussian pixel noise."""
-    views = x0.repeat(2, 1, 1, 1)
-    views = views + args.aug_std * torch.randn_like(views)
-    h = nets["projector"](nets["encoder"](views)[0])
-    return nt_xent(*h.chunk(2), args.temperature), torch.zeros((), device=x0.device)
+class SimCLRGaussLoss:
+    """SimCLR's NT-Xent on two views of each image that differ only by Gaussian pixel noise of std aug_std."""
+
+    def __init__(self, aug_std=0.3, temperature=0.5):
+        self.aug_std, self.temperature = aug_std, temperature
+
+    def __call__(self, encoder, projector, x0):
+        views = x0.repeat(2, 1, 1, 1)
+        views = views + self.aug_std * torch.randn_like(views)
+        h = projector(encoder(views)[0])
+        return nt_xent(*h.chunk(2), self.temperature), torch.zeros((), device=x0.device)

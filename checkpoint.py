@@ -6,7 +6,10 @@ arguments), the networks and their EMA copies, the optimiser, the AMP scaler and
 `load_run` rebuilds the networks from config, so no stage asks for architecture flags again. The
 downstream stages' codes are encoded here too, and cached per (checkpoint, t, images).
 """
+import io
 import os
+import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -14,26 +17,74 @@ import torch
 from baselines import Decoder, Projector
 from encoder import Encoder
 from sde import VESDE
-from unet import UNet
+from unet import ScoreNet, UNet
 
-NETS = {"score_net": UNet, "encoder": Encoder, "decoder": Decoder, "projector": Projector}
+VERSION = 3  # 3: the U-Net takes log sigma and ScoreNet preconditions it (weights under score_net.net.*)
+
+
+def build_score_net(sigma_min, sigma_max, sigma_data, precond, **unet):
+    """The score net of a run: its U-Net wrapped in the preconditioning of the run's VE SDE."""
+    return ScoreNet(UNet(**unet), VESDE(sigma_min, sigma_max), sigma_data, precond)
+
+
+NETS = {"score_net": build_score_net, "encoder": Encoder, "decoder": Decoder, "projector": Projector}
 
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used for what was asked; its message says what to pass instead."""
 
 
+class WriteError(Exception):
+    """A file that could not be written (a full disk, say); the old file, if any, is left as it was."""
+
+
 def save_atomic(obj, path):
-    """torch.save (a str: as text) to a temporary file beside `path` (named for this process, so two
-    writers never share one), then rename: a crash never leaves half a file, and the old file stays
-    until then."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    """Write obj to path whole or not at all: bytes as they are, a str as text, anything else with
+    torch.save. See save_together."""
+    save_together({path: obj})
+
+
+def save_together(files):
+    """Write several files {path: obj} so that either all are replaced or none is: each goes to a
+    temporary file beside its path (named for this process, so two writers never share one), and only
+    when every one is written are they renamed over the old ones (a rename needs no space). A failure
+    raises WriteError naming the file, the space it needs and the space that is free."""
+    staged = []
     try:
-        tmp.write_text(obj) if isinstance(obj, str) else torch.save(obj, tmp)
-        os.replace(tmp, path)
+        for path, obj in files.items():
+            path = Path(path)
+            data = obj.encode() if isinstance(obj, str) else obj if isinstance(obj, bytes) else to_bytes(obj)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            staged.append((tmp, path))
+            try:
+                tmp.write_bytes(data)
+            except OSError as e:
+                free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
+                raise WriteError(f"cannot write {path} ({e.strerror}): it needs {megabytes(len(data))} and "
+                                 f"{megabytes(free)} are free there; make room or pass another folder, then run "
+                                 f"the same command again") from None
+        for tmp, path in staged:
+            os.replace(tmp, path)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+
+
+def save_figure(fig, path, dpi=120):
+    """A matplotlib figure as a PNG file, written whole or not at all."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi)
+    save_atomic(buffer.getvalue(), path)
+
+
+def to_bytes(obj):
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+def megabytes(n):
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
 def default_ch_mult(image_size):
@@ -61,12 +112,17 @@ def read_checkpoint(path):
         raise CheckpointError(f"{path}: no such checkpoint; train one with `python train_drl.py --out RUN`, "
                               f"then pass RUN/ckpt.pt")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns of a plain pickle before failing on it: the error says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: truncated or foreign?); "
                               f"pass a ckpt.pt written by train_drl.py, or delete it to start afresh") from None
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "drl_train":
         raise CheckpointError(f"{path}: not a train_drl.py checkpoint; pass RUN/ckpt.pt from train_drl.py")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(f"{path}: written by an older train_drl.py (checkpoint version {ckpt.get('version')}, "
+                              f"this code reads {VERSION}); train it again, or check out the commit that wrote it")
     return ckpt
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from checkpoint import save_atomic
+from checkpoint import WriteError, save_atomic
 from encoder import encode
 from runtime import autocast
 
@@ -33,6 +33,9 @@ def cached_codes(cache, key, make):
     if path.exists():
         return torch.load(path, weights_only=True)
     codes = make().cpu()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(codes, path)
+    try:  # a cache that cannot be written (a full disk) costs time next run, not this run
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomic(codes, path)
+    except (OSError, WriteError):
+        pass
     return codes

@@ -134,9 +134,15 @@ def load_dataset(name, data_dir=None, train=True):
     import torchvision  # only for the downloads
     cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
            "cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    root = Path(data_dir or DEFAULT_DATA_DIR)
+    folders_before = {p for p in (root, *root.rglob("*")) if p.is_dir()}
     try:
-        ds = cls(root=data_dir or DEFAULT_DATA_DIR, train=train, download=True)
-    except Exception as e:  # offline, or a broken partial download
+        ds = cls(root=root, train=train, download=True)
+    except Exception as e:  # offline, or a broken partial download: the folders it made go again
+        made = (p for p in (root, *root.rglob("*")) if p.is_dir() and p not in folders_before)
+        for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
+            if not any(folder.iterdir()):
+                folder.rmdir()
         raise DataError(missing_message(name, data_dir, e)) from None
     images = torch.as_tensor(np.asarray(ds.data))
     images = images[:, None] if images.dim() == 3 else images.permute(0, 3, 1, 2)

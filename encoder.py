@@ -4,8 +4,8 @@ The trunk is the U-Net's downsampling half; a 4x4 average pool and three dense l
 latent_dim code (as in the paper's app. D). Three kinds:
 - deterministic (DRL, eq. 7): z = E(x_0);
 - probabilistic (VDRL, eq. 8): (mu, logvar), z = mu + exp(logvar / 2) * eps, KL to N(0, I);
-- time-conditioned (eq. 9): every residual block is FiLM-modulated by the embedding of t, so an
-  image maps to a curve t -> E(x_0, t) (the "infinite-dimensional" code).
+- time-conditioned (eq. 9): every residual block is FiLM-modulated by the embedding of log sigma(t),
+  so an image maps to a curve t -> E(x_0, t) (the "infinite-dimensional" code).
 The encoder always reads the clean image x_0. Downstream use goes through `encode`, which returns
 the mean for probabilistic encoders. The baselines' heads live in baselines.py.
 """
@@ -13,21 +13,19 @@ import torch
 import torch.nn as nn
 
 from sde import VESDE
-from unet import TimeEmbedding, down_path, fold, group_norm
+from unet import NoiseEmbedding, down_path, group_norm
 
 
 class Encoder(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  latent_dim=128, probabilistic=False, time_cond=False, hidden=256,
-                 sigma_min=0.01, sigma_max=50.0, fourier_scale=16.0, patch=None):
+                 sigma_min=0.01, sigma_max=50.0, fourier_scale=16.0):
         super().__init__()
         self.latent_dim, self.probabilistic, self.time_cond = latent_dim, probabilistic, time_cond
-        self.patch = patch = patch or 1
         emb = 4 * ch if time_cond else 0
-        self.time_embed = TimeEmbedding(emb, VESDE(sigma_min, sigma_max), fourier_scale) if time_cond else None
-        # patch > 1: the trunk reads patch x patch pixel blocks folded into channels (as the U-Net's)
-        self.trunk, _, cur = down_path(in_ch * patch ** 2, ch, ch_mult, num_res_blocks, attn_res,
-                                       image_size // patch, emb, 0.0)
+        self.sde = VESDE(sigma_min, sigma_max) if time_cond else None
+        self.time_embed = NoiseEmbedding(emb, fourier_scale) if time_cond else None
+        self.stem, self.trunk, _, cur = down_path(in_ch, ch, ch_mult, num_res_blocks, attn_res, image_size, emb)
         self.head = nn.Sequential(
             group_norm(cur), nn.SiLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
             nn.Linear(16 * cur, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
@@ -39,26 +37,15 @@ class Encoder(nn.Module):
         if self.time_cond:
             if t is None:
                 raise ValueError("this encoder is time-conditioned: pass t, E(x0, t)")
-            cond = self.time_embed(t)
-        h = fold(x0, self.patch)
-        for block in self.trunk:
-            h = block(h) if isinstance(block, nn.Conv2d) else block(h, cond)
+            cond = self.time_embed(torch.log(self.sde.sigma(t.float())))
+        h = self.stem(x0)
+        for stage in self.trunk:
+            h = stage(h, cond)
         out = self.head(h).float()
         if self.probabilistic:
             mu, logvar = out.chunk(2, dim=1)
             return mu, logvar.clamp(-30.0, 20.0)
         return out, None
-
-    def sample(self, x0, t=None):
-        """The code fed to the score net in training: (z, mu, logvar)."""
-        return reparameterise(*self(x0, t))
-
-
-def reparameterise(mu, logvar):
-    """(z, mu, logvar) with z = mu + exp(logvar / 2) * eps for VDRL, z = mu for a deterministic code."""
-    if logvar is None:
-        return mu, mu, None
-    return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu), mu, logvar
 
 
 @torch.no_grad()

@@ -20,28 +20,23 @@ architecture. Writes OUT/probe.json (every number), OUT/probe.png (accuracy and 
 OUT/scatter_NAME.png for 2-D codes (and scatter_all.png with one column per run when several runs
 have 2-D codes without t), and caches codes in OUT/cache (a second run only probes).
 """
-import os
-import signal
-
-if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback (an exception
-    # raised inside torch's own import turns into another one, so the process leaves at once)
-    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"interrupted (Ctrl-C)\n"), os._exit(1)))
+if __name__ == "__main__":
+    import interrupts
+    interrupts.quiet_until_ready()
 
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, build_nets, load_run, run_name
+from checkpoint import CheckpointError, WriteError, build_nets, load_run, run_name, save_atomic, save_figure
 from codes import cached_codes, checkpoint_key, encode_images
 from data import DataError, load_dataset, shapes_fine_factor
 from linear_probe import accuracy, linear_probe, participation_ratio, standardise
-from runtime import check_numbers, exit_on, float_list, pick_device, prepare_out
+from runtime import Parser, check_numbers, exit_on, float_list, pick_device, prepare_out
 
 FEW_SHOTS = (1, 5, 10)
 
@@ -133,9 +128,9 @@ def distance_along_t(codes, reference):
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", nargs="+", required=True, help="train_drl.py checkpoints with an encoder")
-    p.add_argument("--out", default="probes")
+    p.add_argument("--out", default="probes", help="folder of probe.json, its figure and the cached codes")
     p.add_argument("--ts", default=",".join(f"{i / 10:g}" for i in range(11)), help="times for E(x0, t)")
     p.add_argument("--max-train", type=int, default=None,
                    help="use the first this many training images (as train_drl.py --probe-n does)")
@@ -145,12 +140,12 @@ def parse_args(argv=None):
     p.add_argument("--draws", type=int, default=10, help="random draws per few-shot setting")
     p.add_argument("--weight-decays", default="0,1e-4,1e-3,1e-2", help="linear probe: candidates")
     p.add_argument("--mlp", action="store_true", help="also the MLP probe (slower)")
-    p.add_argument("--mlp-epochs", type=int, default=20)
+    p.add_argument("--mlp-epochs", type=int, default=20, help="--mlp: training epochs")
     p.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                    help="raw pixels and a random encoder")
     p.add_argument("--data-dir", default=None, help="default: the first run's --data-dir")
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda or mps; default cuda, then mps, then cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the few-shot draws and the MLP")
     args = p.parse_args(argv)
     try:
         args.device = str(pick_device(args.device))
@@ -182,9 +177,8 @@ def probe_codes(args, train, y_train, test, y_test, fine=None):
     return row
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    device = torch.device(args.device)
+def load_runs(args, device):
+    """The runs' encoders (path, encoder, ckpt) and their data set's images, or one line that says why not."""
     runs = []
     with exit_on(DataError, CheckpointError):
         for path in args.ckpt:
@@ -196,10 +190,17 @@ def main(argv=None):
         dataset = runs[0][2]["args"]["dataset"]
         if any(ckpt["args"]["dataset"] != dataset for _, _, ckpt in runs):
             raise CheckpointError("the checkpoints were trained on different data sets; probe one data set at a time")
-        out = prepare_out(args.out)  # after the checkpoints: a wrong --ckpt leaves no empty folder behind
         data_dir = args.data_dir or runs[0][2]["args"]["data_dir"]
         images, y_train = load_dataset(dataset, data_dir, train=True)
         test_images, y_test = load_dataset(dataset, data_dir, train=False)
+    return runs, dataset, images, y_train, test_images, y_test
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    runs, dataset, images, y_train, test_images, y_test = load_runs(args, device)
+    out = prepare_out(args.out)  # after the checkpoints and data: bad input leaves no empty folder behind
     images, y_train = images[: args.max_train], y_train[: args.max_train]
     test_images, y_test = test_images[: args.max_test], y_test[: args.max_test]
     fine = shapes_fine_factor(train=False)[: args.max_test].to(device) if dataset == "shapes" else None
@@ -237,24 +238,31 @@ def main(argv=None):
     if len(flat_2d) > 1:  # e.g. the granularity experiment: one column per run
         scatter(out / "scatter_all.png", flat_2d, y_test, fine)
 
-    if args.baselines:  # the same probes on raw pixels and on an untrained copy of the first encoder
-        flat = lambda x: x.flatten(1).float().to(device) / 255
-        results["raw_pixels"] = dict(per_t=[dict(t=None, **probe_codes(args, flat(images), y_train,
-                                                                        flat(test_images), y_test, fine))])
-        print(f"{'raw_pixels':>24} t=-: " + fmt(results["raw_pixels"]["per_t"][0]), flush=True)
-        torch.manual_seed(args.seed)
-        random_encoder = build_nets({"encoder": runs[0][2]["config"]["encoder"]})["encoder"].to(device).eval()
-        t = 0.5 if random_encoder.time_cond else None
-        rows = [dict(t=t, **probe_codes(args, encode_images(random_encoder, images, t, device), y_train,
-                                        encode_images(random_encoder, test_images, t, device), y_test, fine))]
-        results["random_encoder"] = dict(architecture_of=names[0], per_t=rows)
-        print(f"{'random_encoder':>24} t=-: " + fmt(rows[0]), flush=True)
-
+    if args.baselines:
+        results.update(probe_baselines(args, runs[0][2]["config"]["encoder"], names[0], images, y_train,
+                                       test_images, y_test, fine, device))
     meta = dict(dataset=dataset, train_images=len(images), test_images=len(test_images), knn_k=args.knn,
                 few_shot_draws=args.draws, device=str(device))
-    (out / "probe.json").write_text(json.dumps(dict(meta=meta, results=results), indent=2))
-    plot(out / "probe.png", results, dataset)
+    with exit_on(WriteError):
+        save_atomic(json.dumps(dict(meta=meta, results=results), indent=2), out / "probe.json")
+        plot(out / "probe.png", results, dataset)
     print(f"wrote {out / 'probe.json'} and {out / 'probe.png'}")
+    return results
+
+
+def probe_baselines(args, encoder_config, name, images, y_train, test_images, y_test, fine, device):
+    """The same probes on raw pixels and on an untrained copy of the first run's encoder."""
+    flat = lambda x: x.flatten(1).float().to(device) / 255
+    results = dict(raw_pixels=dict(per_t=[dict(t=None, **probe_codes(args, flat(images), y_train,
+                                                                      flat(test_images), y_test, fine))]))
+    print(f"{'raw_pixels':>24} t=-: " + fmt(results["raw_pixels"]["per_t"][0]), flush=True)
+    torch.manual_seed(args.seed)
+    random_encoder = build_nets({"encoder": encoder_config})["encoder"].to(device).eval()
+    t = 0.5 if random_encoder.time_cond else None
+    rows = [dict(t=t, **probe_codes(args, encode_images(random_encoder, images, t, device), y_train,
+                                    encode_images(random_encoder, test_images, t, device), y_test, fine))]
+    results["random_encoder"] = dict(architecture_of=name, per_t=rows)
+    print(f"{'random_encoder':>24} t=-: " + fmt(rows[0]), flush=True)
     return results
 
 
@@ -283,7 +291,7 @@ def plot(path, results, dataset):
     axes[1].set(xlabel="t", ylabel="silhouette (class labels)", title=f"{dataset}: silhouette")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -305,7 +313,7 @@ def scatter(path, panels, labels, fine=None, n=2000):
             ax.set_xticks([])
             ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -6,7 +6,10 @@ stopping on a signal, one run per folder, its stats rows, torchrun's processes. 
     with exit_on(DataError, CheckpointError):   # bad input the user can fix -> `error: ...`, exit 1
     check_numbers(parser, args, positive=("steps",))  # argparse-style line for a bad number
     out = prepare_out(args.out)                 # the output folder exists and is writable before any work
+    lock = RunFolderLock(out)                   # one run per folder
+    step_fn = CudaGraphStep(update, device)     # a training step captured once, replayed after
 """
+import argparse
 import fcntl
 import json
 import math
@@ -44,13 +47,19 @@ def autocast(device, amp="bf16", cache=True):
             else nullcontext())
 
 
+MADE_FOLDERS = []  # output folders this process created (prepare_out): an error exit removes them if still empty
+
+
 @contextmanager
 def exit_on(*errors):
-    """Turn the given exceptions (bad input the user can fix; their message says how) into a one-line
-    `error: MESSAGE` exit instead of a traceback."""
+    """Turn the given exceptions (bad input the user can fix, a full disk; their message says how) into a
+    one-line `error: MESSAGE` exit instead of a traceback, leaving no empty output folder behind."""
     try:
         yield
     except errors as e:
+        for folder in MADE_FOLDERS:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise SystemExit(f"error: {e}") from None
 
 
@@ -72,7 +81,9 @@ def prepare_out(path):
     if path.exists() and not path.is_dir():
         raise SystemExit(f"error: --out {path} is a file; pass a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            path.mkdir(parents=True)
+            MADE_FOLDERS.append(path)
         probe = path / f".write-test-{os.getpid()}"
         probe.touch()
         probe.unlink()
@@ -112,23 +123,90 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-def lock_run_folder(out):
-    """Hold OUT/.lock for this process's life; a second run into the same folder is refused. The
-    operating system releases the lock when the process dies, so a killed run never leaves it stuck."""
-    out = prepare_out(out)
-    handle = open(out / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SystemExit(f"error: {out} is in use by another train_drl.py run; wait for it or pass another --out")
-    for stale in out.glob("*.tmp"):  # left by a run killed while writing
-        stale.unlink()
-    return handle
+class RunFolderLock:
+    """Holds a lock on the run folder itself (flock on the folder, no lock file) for this process's
+    life; a second run into the same folder is refused. The operating system releases the lock when the
+    process dies, so a killed run never leaves it stuck. `release` also removes the folder if this run
+    made it and left nothing in it."""
+
+    def __init__(self, out):
+        out = Path(out)
+        self.made = not out.exists()
+        self.out = prepare_out(out)
+        self.fd = os.open(self.out, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise SystemExit(f"error: {out} is in use by another train_drl.py run; wait for it or pass another --out")
+        for stale in self.out.glob("*.tmp"):  # left by a run killed while writing
+            stale.unlink()
+
+    def release(self):
+        os.close(self.fd)
+        if self.made and self.out.is_dir() and not any(self.out.iterdir()):
+            self.out.rmdir()
+
+
+class CudaGraphStep:
+    """A step function `step(x) -> outputs` run as one CUDA graph: `warmup` eager calls on a side stream
+    (lazy initialisation and cuDNN's autotuning happen there, not inside the graph; PyTorch's recipe for
+    whole-network capture), then one capture, then replays. The input is copied into the buffer the
+    graph reads; everything else that changes between steps must already live in tensors, which
+    `before_capture` arranges. Random numbers come from the CUDA generator, whose state a replay
+    advances like eager code, so replays draw fresh noise."""
+
+    def __init__(self, step, device, warmup=3, before_capture=None):
+        self.step, self.device, self.warmup, self.before_capture = step, device, warmup, before_capture
+        self.graph, self.calls = None, 0
+
+    def __call__(self, x):
+        if self.graph is not None:
+            self.static_x.copy_(x)
+            self.graph.replay()
+            return self.static_out
+        main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            out = self.step(x)
+        main.wait_stream(side)
+        self.calls += 1
+        if self.calls >= self.warmup:
+            self.capture(x)
+        return out
+
+    def capture(self, x):
+        self.static_x = x.clone()
+        if self.before_capture is not None:
+            self.before_capture()
+        graph = torch.cuda.CUDAGraph()
+        # captured on a stream of its own: cuBLAS keeps one workspace per stream, baked into the graph,
+        # so graphs captured on torch's shared capture stream race on it when replayed side by side
+        with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device)):
+            self.static_out = self.step(self.static_x)
+        self.graph = graph
 
 
 def write_row(path, row):
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    """Append one JSON line whole or not at all; returns the file's size before it, to take it back with
+    `unwrite_row`. A failed write (a full disk) is taken back and raises OSError."""
+    path = Path(path)
+    size = path.stat().st_size if path.exists() else 0
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError:
+        unwrite_row(path, size)
+        raise
+    return size
+
+
+def unwrite_row(path, size):
+    """Cut the file back to `size` bytes (no space needed); a file cut to nothing goes."""
+    if size:
+        os.truncate(path, size)
+    else:
+        Path(path).unlink(missing_ok=True)
 
 
 def drop_rows_after(path, step):
@@ -136,6 +214,13 @@ def drop_rows_after(path, step):
     if path.exists():
         rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
         path.write_text("".join(r + "\n" for r in rows))
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose error is one line (the usage block is what --help is for)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def start_world(device, batch_size, cuda_graph):

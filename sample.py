@@ -14,15 +14,12 @@ s(x_t, t, z) with z from the encoder, a grid, or the prior:
 
 Writes OUT/MODE.png and OUT/MODE.json (mode, steps, score evaluations, seconds, images/s).
 """
-import os
-import signal
-
-if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback (an exception
-    # raised inside torch's own import turns into another one, so the process leaves at once)
-    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"interrupted (Ctrl-C)\n"), os._exit(1)))
+if __name__ == "__main__":
+    import interrupts
+    interrupts.quiet_until_ready()
 
 import argparse
+import io
 import json
 import time
 from functools import partial
@@ -31,19 +28,19 @@ from types import SimpleNamespace
 import torch
 from torchvision.utils import save_image
 
-from checkpoint import CheckpointError, load_run
+from checkpoint import CheckpointError, WriteError, load_run, save_together
 from data import DataError, load_dataset
-from runtime import autocast, check_numbers, exit_on, pick_device, prepare_out
+from runtime import Parser, autocast, check_numbers, exit_on, pick_device, prepare_out
 from samplers import PREDICTORS, heun_sample, pc_sample
 
 
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True)
-    p.add_argument("--mode", choices=MODES, default="recon")
-    p.add_argument("--out", default="samples")
+    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--ckpt", required=True, help="a train_drl.py run with a score net")
+    p.add_argument("--mode", choices=MODES, default="recon", help="what to sample (the examples above)")
+    p.add_argument("--out", default="samples", help="folder of the images and info.json")
     p.add_argument("--n", type=int, default=8,
                    help="recon, swap: source images; diversity: samples; grid, prior, uncond: images per side")
     p.add_argument("--per-code", type=int, default=4, help="samples per code in recon mode")
@@ -62,15 +59,16 @@ def parse_args(argv=None):
     p.add_argument("--s-tmin", type=float, default=0.05, help="heun: churn only where std >= this (EDM's S_tmin)")
     p.add_argument("--s-tmax", type=float, default=50.0, help="heun: churn only where std <= this (EDM's S_tmax)")
     p.add_argument("--s-noise", type=float, default=1.003, help="heun: churn's noise inflation (EDM's S_noise)")
-    p.add_argument("--predictor", choices=PREDICTORS, default="reverse_diffusion")
-    p.add_argument("--corrector-steps", type=int, default=1)
-    p.add_argument("--snr", type=float, default=0.16)
+    p.add_argument("--predictor", choices=PREDICTORS, default="reverse_diffusion", help="pc: the predictor step")
+    p.add_argument("--corrector-steps", type=int, default=1, help="pc: Langevin corrector steps per step")
+    p.add_argument("--snr", type=float, default=0.16, help="pc: the corrector's signal-to-noise ratio")
     p.add_argument("--t-init", type=float, default=1.0, help="start from N(0, sigma(t_init)^2 I) (Fig. 5)")
-    p.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--denoise", action=argparse.BooleanOptionalAction, default=True,
+                   help="pc: the last step returns the noise-free mean")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="the EMA weights")
     p.add_argument("--data-dir", default=None, help="default: the run's own --data-dir")
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda or mps; default cuda, then mps, then cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise")
     args = p.parse_args(argv)
     if args.steps is None:
         args.steps = 18 if args.sampler == "heun" else 1000
@@ -91,9 +89,44 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     with exit_on(CheckpointError):
         score_net, encoder, sde, ckpt = load_run(args.ckpt, device, ema=args.ema)
-    out = prepare_out(args.out)  # after the checkpoint: a wrong --ckpt leaves no empty folder behind
+    latent = check_mode(args, ckpt, encoder)
     run = ckpt["args"]
-    if score_net is None:
+    test_set = None
+    if args.mode in ("recon", "diversity", "swap") or (args.mode == "grid" and args.range is None):
+        with exit_on(DataError):
+            test_set = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
+    out = prepare_out(args.out)  # after every check: bad input leaves no folder behind
+    shape = tuple(ckpt["config"]["score_net"][k] for k in ("in_ch", "image_size", "image_size"))
+    ctx = SimpleNamespace(args=args, sde=sde, encoder=encoder, latent=latent, shape=shape, device=device,
+                          score_fn_for=partial(score_fn_for, score_net, encoder, device),
+                          test_images=partial(test_images, test_set, device), sample_fn=make_sampler(args, device),
+                          info={})
+    t0 = time.perf_counter()
+    made = MODES[args.mode](ctx)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    info = dict(mode=args.mode, ckpt=str(args.ckpt), sampler=args.sampler, steps=args.steps, predictor=args.predictor,
+                corrector_steps=args.corrector_steps, snr=args.snr, churn=args.churn, t_init=args.t_init,
+                shuffle_codes=args.shuffle_codes, nfe_per_image=made["nfe"], images=made["images"], seconds=seconds,
+                images_per_s=made["images"] / seconds, device=str(device), **ctx.info)
+    if device.type == "cuda":
+        info["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    png = io.BytesIO()
+    save_image(made["grid"].clamp(0, 1), png, format="png", nrow=made["nrow"], padding=1, pad_value=0.5)
+    files = {out / f"{args.mode}.png": png.getvalue(), out / f"{args.mode}.json": json.dumps(info, indent=2)}
+    if args.save_tensor:  # the samples themselves (and recon's source labels), for benchmarks/sample_quality.py
+        files[out / f"{args.mode}.pt"] = {k: made[k].cpu() for k in ("samples", "labels") if k in made}
+    with exit_on(WriteError):
+        save_together(files)
+    print(json.dumps(info))
+
+
+def check_mode(args, ckpt, encoder):
+    """The code size of the run, once the run is known to sample what --mode asks; notes on runs whose
+    score net saw too few noise levels for clean samples."""
+    run = ckpt["args"]
+    if ckpt["config"]["score_net"] is None:
         raise SystemExit(f"error: {args.ckpt} is a {run['objective']} baseline with no score net to sample "
                          f"from; pass a drl, vdrl or score run")
     latent = ckpt["config"]["score_net"]["latent_dim"]
@@ -105,58 +138,43 @@ def main(argv=None):
                 "uncond": "a plain score model (--objective score)"}.get(args.mode, "an encoder (--objective drl or vdrl)")
         raise SystemExit(f"error: --mode {args.mode} needs {what}; {args.ckpt} is a {run['objective']} run "
                          f"with latent_dim {latent}")
-    if run.get("t_sampling") == "sigma" and not run.get("t_uniform_share"):
+    if run["t_sampling"] == "sigma" and not run["t_uniform_share"]:
         print("note: this run drew sigma uniformly in training, so its score net saw few noise levels below 1 "
               "and samples keep a grain; for samples train with --t-uniform-share or --t-sampling uniform")
-    if run.get("t_sampling") == "fixed" and not run.get("t_uniform_share"):
+    if run["t_sampling"] == "fixed" and not run["t_uniform_share"]:
         print(f"note: this run's score net learned one noise level (t = {run['t_fixed']}, e.g. --preset code), "
               f"so the sampler's other levels are untrained and its samples are not images; for samples train "
               f"with the cpu preset")
+    return latent
 
-    def score_fn_for(z=None, x0=None):
-        """s(x, t, z) with a fixed code z, or the code of clean images x0 (recomputed per t if the
-        encoder is time-conditioned)."""
-        if x0 is not None and not encoder.time_cond:
-            z = encoder(x0)[0]
 
-        def score_fn(x, t):
-            with autocast(device):
-                code = encoder(x0, t)[0] if x0 is not None and encoder.time_cond else z
-                return score_net(x, t, code).float()
-        return score_fn
+def score_fn_for(score_net, encoder, device, z=None, x0=None):
+    """s(x, t, z) with a fixed code z, or the code of clean images x0 (recomputed per t if the
+    encoder is time-conditioned)."""
+    if x0 is not None and not encoder.time_cond:
+        z = encoder(x0)[0]
 
-    def test_images(n, labels=False):
-        with exit_on(DataError):
-            images, y = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
-        x = images[:n].to(device).float() / 255
-        return (x, y[:n].to(device)) if labels else x
+    def score_fn(x, t):
+        with autocast(device):
+            code = encoder(x0, t)[0] if x0 is not None and encoder.time_cond else z
+            return score_net(x, t, code).float()
+    return score_fn
 
-    if args.sampler == "heun":  # sample_fn(sde, score_fn, shape[, x_init, t_init]) -> (x, nfe)
-        sample_fn = partial(heun_sample, steps=args.steps, churn=args.churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax,
-                            s_noise=args.s_noise, t_init=args.t_init, device=device)
-    else:
-        sample_fn = partial(pc_sample, steps=args.steps, predictor=args.predictor, snr=args.snr,
-                            corrector_steps=args.corrector_steps, t_init=args.t_init, denoise=args.denoise,
-                            device=device)
-    shape = tuple(ckpt["config"]["score_net"][k] for k in ("in_ch", "image_size", "image_size"))
-    ctx = SimpleNamespace(args=args, sde=sde, encoder=encoder, latent=latent, shape=shape, device=device,
-                          score_fn_for=score_fn_for, test_images=test_images, sample_fn=sample_fn, info={})
-    t0 = time.perf_counter()
-    made = MODES[args.mode](ctx)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    save_image(made["grid"].clamp(0, 1), out / f"{args.mode}.png", nrow=made["nrow"], padding=1, pad_value=0.5)
-    if args.save_tensor:  # the samples themselves (and recon's source labels), for benchmarks/sample_quality.py
-        torch.save({k: made[k].cpu() for k in ("samples", "labels") if k in made}, out / f"{args.mode}.pt")
-    info = dict(mode=args.mode, ckpt=str(args.ckpt), sampler=args.sampler, steps=args.steps, predictor=args.predictor,
-                corrector_steps=args.corrector_steps, snr=args.snr, churn=args.churn, t_init=args.t_init,
-                shuffle_codes=args.shuffle_codes, nfe_per_image=made["nfe"], images=made["images"], seconds=seconds,
-                images_per_s=made["images"] / seconds, device=str(device), **ctx.info)
-    if device.type == "cuda":
-        info["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-    (out / f"{args.mode}.json").write_text(json.dumps(info, indent=2))
-    print(json.dumps(info))
+
+def test_images(test_set, device, n, labels=False):
+    """The first n test images in [0, 1] on the device (and their labels)."""
+    images, y = test_set
+    x = images[:n].to(device).float() / 255
+    return (x, y[:n].to(device)) if labels else x
+
+
+def make_sampler(args, device):
+    """sample_fn(sde, score_fn, shape[, x_init, t_init]) -> (x, nfe) of the sampler the flags name."""
+    if args.sampler == "heun":
+        return partial(heun_sample, steps=args.steps, churn=args.churn, s_tmin=args.s_tmin, s_tmax=args.s_tmax,
+                       s_noise=args.s_noise, t_init=args.t_init, device=device)
+    return partial(pc_sample, steps=args.steps, predictor=args.predictor, snr=args.snr,
+                   corrector_steps=args.corrector_steps, t_init=args.t_init, denoise=args.denoise, device=device)
 
 
 # ---- the modes: each ctx -> dict(grid, nrow, samples, nfe, images[, labels]) ----

@@ -8,7 +8,11 @@ uses sigma(t) itself as the std, which neglects sigma(0).) `marginal_std(t)` is 
 and the loss weight is its variance, lambda(t) = sigma(t)^2 - sigma(0)^2: the paper's sigma(t)^2 to
 within sigma_min^2 = 1e-4, and it makes the weighted target exactly unit noise at every t.
 
-Everything here is float32 maths on plain tensors; nothing depends on the networks.
+    sde = VESDE(sigma_min=0.01, sigma_max=50)
+    loss = DRLLoss(sde, sample_t=partial(t_fixed, t=0.4), uniform_share=0.5, weighting="edm", sigma_data=0.29)
+    loss_value, reg = loss(encoder, score_net, x0)     # score_net(x_t, t, z) -> score; encoder(x0, t) -> (mu, logvar)
+
+Everything here is float32 maths on plain tensors and imports torch alone: no network, no flags.
 """
 import math
 
@@ -52,50 +56,40 @@ class VESDE:
         """Drift of the reverse-time SDE, eq. 2: f - g^2 score, with f = 0 for the VE SDE."""
         return -_bc(self.g(t), x) ** 2 * score
 
-    def sample_t(self, n, mode="uniform", t_fixed=0.5, eps=1e-5, p_mean=-1.2, p_std=1.2, device=None,
-                 uniform_share=0.0, stratified=False, return_share=False):
-        """Training times; the mode sets what the code encodes (granularity control, TMLR sec. 3.3).
-
-        uniform: t ~ U(eps, 1), i.e. log sigma uniform: every scale alike (the papers' default).
-        sigma: sigma(t) ~ U(sigma_min, sigma_max), which puts most weight on high noise (class-level
-        codes).  fixed: every t = t_fixed (single timescale).  lognormal: the noise std (EDM's sigma) with
-        ln std ~ N(p_mean, p_std^2), clipped to [sigma_min, marginal_std(1)] in std itself, so a draw
-        below sigma_min trains at std = sigma_min (t = 0.04), never at a smaller std; p_mean picks the
-        scale the code favours.
-        uniform_share: that share of the draws is uniform in t instead (a mixture), so that a
-        high-noise mode still trains the low noise levels where a sample's texture is made; with
-        return_share, also which draws came from that share (a bool mask).
-        stratified: the n underlying uniforms are (u + i) / n for one random u, one in each of n equal
-        strata, so a batch covers the noise levels evenly (the low-discrepancy sampler of Kingma et al.
-        2021, VDM): the same distribution per draw, a lower-variance loss per batch.
-        """
-        if uniform_share or return_share:
-            t = self.sample_t(n, mode, t_fixed, eps, p_mean, p_std, device, stratified=stratified)
-            share = torch.zeros(n, dtype=torch.bool, device=device)
-            if uniform_share:
-                share = torch.rand(n, device=device) < uniform_share
-                t = torch.where(share, self.sample_t(n, "uniform", eps=eps, device=device), t)
-            return (t, share) if return_share else t
-        u = ((torch.rand(1, device=device) + torch.arange(n, device=device) / n) % 1 if stratified
-             else torch.rand(n, device=device))
-        if mode == "uniform":
-            return eps + (1 - eps) * u
-        if mode == "sigma":
-            s = self.sigma_min + (self.sigma_max - self.sigma_min) * u
-            return (torch.log(s / self.sigma_min) / self.log_ratio).clamp(min=eps)
-        if mode == "fixed":
-            return torch.full((n,), float(t_fixed), device=device)
-        if mode == "lognormal":
-            std = torch.exp(p_mean + p_std * torch.special.ndtri(u.clamp(1e-7, 1 - 1e-7)))
-            std = std.clamp(self.sigma_min, self.marginal_std(torch.tensor(1.0)).item())
-            return self.t_of_std(std).clamp(max=1.0)
-        raise ValueError(f"unknown t-sampling mode {mode!r}: use uniform, sigma, fixed or lognormal")
-
 
 def _bc(v, x):
     """Broadcast a per-sample vector v (B,) against a batch x (B, ...)."""
     return v.reshape(-1, *([1] * (x.dim() - 1)))
 
+
+# ---- Training times: what the code encodes (granularity control, TMLR sec. 3.3). Each draws n times. ----
+
+def t_uniform(n, sde=None, device=None, eps=1e-5):
+    """t ~ U(eps, 1), i.e. log sigma uniform: every scale alike (the papers' default)."""
+    return eps + (1 - eps) * torch.rand(n, device=device)
+
+
+def t_sigma_uniform(n, sde, device=None, eps=1e-5):
+    """sigma(t) ~ U(sigma_min, sigma_max): most draws at high noise, where the code says the class."""
+    s = sde.sigma_min + (sde.sigma_max - sde.sigma_min) * torch.rand(n, device=device)
+    return (torch.log(s / sde.sigma_min) / sde.log_ratio).clamp(min=eps)
+
+
+def t_fixed(n, sde=None, device=None, t=0.5):
+    """Every draw at one time: a single timescale."""
+    return torch.full((n,), float(t), device=device)
+
+
+def t_lognormal(n, sde, device=None, p_mean=-1.2, p_std=1.2):
+    """The kernel's std with ln std ~ N(p_mean, p_std^2) (EDM), clipped to [sigma_min, marginal_std(1)]:
+    a draw below sigma_min trains at std = sigma_min (t = 0.04). p_mean picks the scale the code favours."""
+    u = torch.rand(n, device=device).clamp(1e-7, 1 - 1e-7)
+    std = torch.exp(p_mean + p_std * torch.special.ndtri(u))
+    std = std.clamp(sde.sigma_min, sde.marginal_std(torch.tensor(1.0)).item())
+    return sde.t_of_std(std).clamp(max=1.0)
+
+
+# ---- The loss ----
 
 def dsm_loss(score, noise, std, weighting="paper", sigma_data=0.5):
     """Per-sample DRL/DSM loss, eq. 7 (TMLR): lambda(t) || s - grad log p_0t(x_t|x_0) ||^2, summed
@@ -115,6 +109,53 @@ def dsm_loss(score, noise, std, weighting="paper", sigma_data=0.5):
 def kl_to_standard_normal(mu, logvar):
     """KL( N(mu, exp(logvar)) || N(0, I) ) per sample, eq. 8 (TMLR)."""
     return 0.5 * (mu.square() + logvar.exp() - 1 - logvar).flatten(1).sum(1)
+
+
+class DRLLoss:
+    """DSM of a score net s(x_t, t, z) given the code z = E(x_0[, t]) of the clean image: eq. 7 (DRL),
+    eq. 8 (VDRL: the encoder returns (mu, logvar) and z is sampled), eq. 9 (a time-conditioned encoder
+    reads the loss's own t); with encoder None, the plain score model of eq. 4.
+
+    sample_t(n, sde, device) -> t   the training times (t_uniform, t_sigma_uniform, t_fixed, t_lognormal)
+    uniform_share                   this share of the draws is uniform in t instead (a mixture), so every
+                                    noise level the sampler visits is trained, whatever sample_t favours
+    share_trains_encoder            False: the uniform share's loss trains the score net only, and the
+                                    code learns from sample_t's draws alone
+    weighting, sigma_data           lambda(t) of `dsm_loss`: "paper" (std^2) or "edm"
+    l1, kl                          weight of the code's L1 norm (deterministic code) or of its KL to
+                                    N(0, I) (probabilistic code, eq. 8)
+    Returns (loss, regulariser), batch means.
+    """
+
+    def __init__(self, sde, sample_t=t_uniform, uniform_share=0.0, share_trains_encoder=True,
+                 weighting="paper", sigma_data=0.5, l1=0.0, kl=0.0):
+        self.sde, self.sample_t, self.uniform_share = sde, sample_t, uniform_share
+        self.share_trains_encoder, self.weighting, self.sigma_data = share_trains_encoder, weighting, sigma_data
+        self.l1, self.kl = l1, kl
+
+    def __call__(self, encoder, score_net, x0):
+        n, device = len(x0), x0.device
+        t = self.sample_t(n, self.sde, device)
+        share = None
+        if self.uniform_share:
+            share = torch.rand(n, device=device) < self.uniform_share
+            t = torch.where(share, t_uniform(n, self.sde, device), t)
+        z = mu = logvar = None
+        if encoder is not None:
+            mu, logvar = encoder(x0, t)
+            z = mu if logvar is None else mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)  # reparameterised
+            if share is not None and not self.share_trains_encoder:
+                z = torch.where(share[:, None], z.detach(), z)
+        noise = torch.randn_like(x0)
+        score = score_net(self.sde.perturb(x0, t, noise), t, z)
+        loss = dsm_loss(score, noise, self.sde.marginal_std(t), self.weighting, self.sigma_data).mean()
+        if logvar is not None:
+            reg = self.kl * kl_to_standard_normal(mu, logvar).mean()
+        elif z is not None:
+            reg = self.l1 * z.float().abs().sum(1).mean()
+        else:
+            reg = torch.zeros((), device=device)
+        return loss, reg
 
 
 # ---- The DSM floor, eq. 6: for a finite data set the marginal p_t is a Gaussian mixture. ----

@@ -26,28 +26,23 @@ translation by up to 2 pixels (4 for 32x32) and horizontal flips (not for MNIST)
 Writes OUT/log.jsonl (test accuracy, and the pseudo-labels' accuracy, per epoch), OUT/result.json
 and OUT/classifier.pt (one dict, written atomically).
 """
-import os
-import signal
-
-if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback (an exception
-    # raised inside torch's own import turns into another one, so the process leaves at once)
-    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"interrupted (Ctrl-C)\n"), os._exit(1)))
+if __name__ == "__main__":
+    import interrupts
+    interrupts.quiet_until_ready()
 
 import argparse
 import copy
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, encoder_config, load_run, save_atomic
+from checkpoint import CheckpointError, WriteError, encoder_config, load_run, save_atomic, save_together
 from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset
-from runtime import autocast, check_numbers, exit_on, float_list, pick_device, prepare_out
+from runtime import Parser, autocast, check_numbers, exit_on, float_list, pick_device, prepare_out
 from encoder import Encoder
 
 
@@ -212,35 +207,36 @@ def balanced_subset(labels, n, seed):
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", default=None, help="train_drl.py run: its encoder (--init drl) or architecture")
-    p.add_argument("--init", choices=["drl", "random"], default="drl")
+    p.add_argument("--init", choices=["drl", "random"], default="drl", help="start from the run's encoder, or fresh")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's; needed without --ckpt")
     p.add_argument("--ch", type=int, default=16, help="architecture without --ckpt")
     p.add_argument("--latent-dim", type=int, default=256, help="architecture without --ckpt (the cpu preset's)")
-    p.add_argument("--num-labeled", type=int, default=100)
-    p.add_argument("--label-seed", type=int, default=0)
+    p.add_argument("--num-labeled", type=int, default=100, help="labelled training images, balanced over classes")
+    p.add_argument("--label-seed", type=int, default=0, help="which images are labelled")
     p.add_argument("--epochs", type=int, default=20, help="pseudo-labelling epochs, after the warm-up")
     p.add_argument("--warmup-epochs", type=int, default=10, help="supervised epochs on the labelled images")
     p.add_argument("--supervised-only", action="store_true", help="no pseudo-labels: the labelled images alone")
-    p.add_argument("--mixup", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--mixup", action=argparse.BooleanOptionalAction, default=False,
+                   help="mixup (alpha 1) of each batch")
     p.add_argument("--k", type=int, default=50, help="neighbours in the graph")
-    p.add_argument("--alpha", type=float, default=0.99)
-    p.add_argument("--cg-iters", type=int, default=30)
+    p.add_argument("--alpha", type=float, default=0.99, help="label propagation's alpha")
+    p.add_argument("--cg-iters", type=int, default=30, help="conjugate-gradient iterations of label propagation")
     p.add_argument("--t-init", type=float, default=0.5, help="time-conditioned encoders: the starting t")
     p.add_argument("--check-t", action="store_true", help="pick t_init from --t-grid first")
-    p.add_argument("--t-grid", default="0.1,0.3,0.5,0.7,0.9")
-    p.add_argument("--check-epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--t-grid", default="0.1,0.3,0.5,0.7,0.9", help="--check-t: the candidates")
+    p.add_argument("--check-epochs", type=int, default=3, help="--check-t: supervised epochs per candidate")
+    p.add_argument("--batch-size", type=int, default=128, help="images per SGD step")
     p.add_argument("--labeled-batch", type=int, default=32, help="labelled images in each pseudo-label batch")
-    p.add_argument("--lr", type=float, default=0.03)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=0.03, help="SGD (Nesterov) learning rate, cosine schedule")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
     p.add_argument("--max-train", type=int, default=None, help="use this many training images (random)")
     p.add_argument("--max-test", type=int, default=None, help="use the first this many test images")
-    p.add_argument("--out", default="semisup")
+    p.add_argument("--out", default="semisup", help="folder of classifier.pt and result.json")
     p.add_argument("--data-dir", default=None, help="default: the run's --data-dir")
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda or mps; default cuda, then mps, then cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")
     args = p.parse_args(argv)
     try:
         args.device = str(pick_device(args.device))
@@ -298,21 +294,60 @@ def check_t(base, images, labels, labeled, args, device):
     return max(args.t_grid, key=lambda t: scores[t]), scores
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
+def load_data(args):
+    """The encoder to start from and the data: (encoder, encoder_config, dataset, images, labels,
+    test_images, test_labels, labeled indices), or one line that says what is wrong."""
     with exit_on(DataError, CheckpointError):
-        encoder, encoder_config, dataset, data_dir = build_encoder(args)
-        out = prepare_out(args.out)  # after the checkpoint: a wrong --ckpt leaves no empty folder behind
+        encoder, config, dataset, data_dir = build_encoder(args)
         images, labels = load_dataset(dataset, data_dir, train=True)
         test_images, test_labels = load_dataset(dataset, data_dir, train=False)
         if args.max_train and args.max_train < len(images):
             keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
             images, labels = images[keep], labels[keep]
         test_images, test_labels = test_images[: args.max_test], test_labels[: args.max_test]
-        n_classes = int(labels.max()) + 1
         labeled = balanced_subset(labels, args.num_labeled, args.label_seed)
+    return encoder, config, dataset, images, labels, test_images, test_labels, labeled
+
+
+def record(model, test_images, test_labels, device, log, epoch, phase, t0, **extra):
+    """Test accuracy after an epoch: a printed line and a row of log.jsonl (rewritten whole each time)."""
+    acc = (predict(model, test_images, device).argmax(1).cpu() == test_labels).float().mean().item()
+    row = dict(epoch=epoch, phase=phase, test_acc=acc, t=model.t, seconds=time.perf_counter() - t0, **extra)
+    log["rows"].append(row)
+    save_atomic("".join(json.dumps(r) + "\n" for r in log["rows"]), log["path"])
+    extra_txt = "".join(f"  {k.replace('_', ' ')} {100 * v:.1f}" for k, v in extra.items())
+    print(f"epoch {epoch:3d} {phase:>10}  test {100 * acc:5.2f}{extra_txt}"
+          f"{'' if model.t is None else f'  t {model.t:.3f}'}  ({row['seconds']:.0f} s)", flush=True)
+    return acc
+
+
+def pseudo_label_epoch(model, opt, sched, images, labels, labeled, unlabeled, n_classes, steps, args, device):
+    """LaplaceNet's epoch: label propagation on the model's features, then training on the pseudo-labels
+    weighted by certainty and class balance. Returns the pseudo-labels' accuracy on the unlabelled images."""
+    store = images.device
+    features = predict(model, images, device, features=True)
+    pseudo, certainty = propagate_labels(features, labeled.to(device), labels[labeled].to(device), n_classes,
+                                         args.k, args.alpha, args.cg_iters)
+    pseudo, certainty = pseudo.to(store), certainty.to(store)
+    counts = torch.bincount(pseudo[unlabeled], minlength=n_classes).clamp(min=1).float()
+    weights = certainty * (len(unlabeled) / (n_classes * counts))[pseudo]    # certainty x class balance
+    is_unlabeled = torch.ones(len(images), dtype=torch.bool, device=store)
+    is_unlabeled[labeled] = False
+    targets = torch.where(is_unlabeled, pseudo, labels)
+    weights[labeled] = 1.0
+    draw_l, draw_u = sampler(labeled, args.labeled_batch), sampler(unlabeled, args.batch_size - args.labeled_batch)
+    train_steps(model, opt, sched, lambda: torch.cat([draw_l(), draw_u()]), images, targets, weights, steps, args,
+                device)
+    return (pseudo[unlabeled] == labels[unlabeled]).float().mean().item()
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    encoder, config, dataset, images, labels, test_images, test_labels, labeled = load_data(args)
+    out = prepare_out(args.out)  # after the checkpoint and the data: bad input leaves no folder behind
+    n_classes = int(labels.max()) + 1
     args.pad, args.flip = (4 if images.shape[-1] == 32 else 2), dataset != "mnist"
     store = device if device.type == "cuda" else torch.device("cpu")   # where the training set lives
     images, labels, labeled = images.to(store), labels.to(store), labeled.to(store)
@@ -327,55 +362,32 @@ def main(argv=None):
         with torch.no_grad():
             model.t_logit.fill_(math.log(best_t / (1 - best_t)))
     model.to(device)
-    steps_per_epoch = math.ceil(len(images) / args.batch_size)
-    opt, sched = make_optimizer(model, args, steps_per_epoch * (args.warmup_epochs + args.epochs))
-    out.mkdir(parents=True, exist_ok=True)
-    log_file = (out / "log.jsonl").open("w")
+    steps = math.ceil(len(images) / args.batch_size)  # per epoch
+    opt, sched = make_optimizer(model, args, steps * (args.warmup_epochs + args.epochs))
     print(f"{dataset}: {len(labeled)} labelled and {len(unlabeled)} unlabelled training images, {len(test_images)} "
           f"test; init {args.init}, {'supervised only' if args.supervised_only else 'pseudo-labels'}, "
-          f"mixup {'on' if args.mixup else 'off'}, {steps_per_epoch} steps per epoch, {device}", flush=True)
-
-    def record(epoch, phase, t0, **extra):
-        acc = (predict(model, test_images, device).argmax(1).cpu() == test_labels).float().mean().item()
-        row = dict(epoch=epoch, phase=phase, test_acc=acc, t=model.t, seconds=time.perf_counter() - t0, **extra)
-        log_file.write(json.dumps(row) + "\n")
-        log_file.flush()
-        extra_txt = "".join(f"  {k.replace('_', ' ')} {100 * v:.1f}" for k, v in extra.items())
-        print(f"epoch {epoch:3d} {phase:>10}  test {100 * acc:5.2f}{extra_txt}"
-              f"{'' if model.t is None else f'  t {model.t:.3f}'}  ({row['seconds']:.0f} s)", flush=True)
-        return acc
-
-    ones = torch.ones(len(images), device=store)
-    supervised = sampler(labeled, args.batch_size)
-    acc = None
-    for epoch in range(1, args.warmup_epochs + args.epochs + 1):
-        t0 = time.perf_counter()
-        if epoch <= args.warmup_epochs or args.supervised_only:
-            train_steps(model, opt, sched, supervised, images, labels, ones, steps_per_epoch, args, device)
-            acc = record(epoch, "warm-up" if epoch <= args.warmup_epochs else "supervised", t0)
-            continue
-        features = predict(model, images, device, features=True)
-        pseudo, certainty = propagate_labels(features, labeled.to(device), labels[labeled].to(device), n_classes,
-                                             args.k, args.alpha, args.cg_iters)
-        pseudo, certainty = pseudo.to(store), certainty.to(store)
-        counts = torch.bincount(pseudo[unlabeled], minlength=n_classes).clamp(min=1).float()
-        weights = certainty * (len(unlabeled) / (n_classes * counts))[pseudo]    # certainty x class balance
-        targets = torch.where(is_unlabeled, pseudo, labels)
-        weights[labeled] = 1.0
-        pseudo_acc = (pseudo[unlabeled] == labels[unlabeled]).float().mean().item()
-        draw_l, draw_u = sampler(labeled, args.labeled_batch), sampler(unlabeled, args.batch_size - args.labeled_batch)
-        train_steps(model, opt, sched, lambda: torch.cat([draw_l(), draw_u()]), images, targets, weights,
-                    steps_per_epoch, args, device)
-        acc = record(epoch, "pseudo", t0, pseudo_label_acc=pseudo_acc)
-
-    result = dict(dataset=dataset, init=args.init, ckpt=args.ckpt, num_labeled=len(labeled),
-                  unlabeled=len(unlabeled), test_images=len(test_images), supervised_only=args.supervised_only,
-                  mixup=args.mixup, epochs=args.epochs, warmup_epochs=args.warmup_epochs, test_acc=acc,
-                  t=model.t, t_check=t_scores, steps=steps_per_epoch * (args.warmup_epochs + args.epochs),
-                  device=str(device), args=vars(args))
-    (out / "result.json").write_text(json.dumps(result, indent=2))
-    save_atomic(dict(kind="semisup_classifier", classifier=model.state_dict(), n_classes=n_classes,
-                     encoder_config=encoder_config, args=vars(args), test_acc=acc), out / "classifier.pt")
+          f"mixup {'on' if args.mixup else 'off'}, {steps} steps per epoch, {device}", flush=True)
+    ones, supervised = torch.ones(len(images), device=store), sampler(labeled, args.batch_size)
+    log, acc = dict(path=out / "log.jsonl", rows=[]), None
+    with exit_on(WriteError):
+        for epoch in range(1, args.warmup_epochs + args.epochs + 1):
+            t0 = time.perf_counter()
+            if epoch <= args.warmup_epochs or args.supervised_only:
+                train_steps(model, opt, sched, supervised, images, labels, ones, steps, args, device)
+                phase, extra = "warm-up" if epoch <= args.warmup_epochs else "supervised", {}
+            else:
+                phase, extra = "pseudo", dict(pseudo_label_acc=pseudo_label_epoch(
+                    model, opt, sched, images, labels, labeled, unlabeled, n_classes, steps, args, device))
+            acc = record(model, test_images, test_labels, device, log, epoch, phase, t0, **extra)
+        result = dict(dataset=dataset, init=args.init, ckpt=args.ckpt, num_labeled=len(labeled),
+                      unlabeled=len(unlabeled), test_images=len(test_images), supervised_only=args.supervised_only,
+                      mixup=args.mixup, epochs=args.epochs, warmup_epochs=args.warmup_epochs, test_acc=acc,
+                      t=model.t, t_check=t_scores, steps=steps * (args.warmup_epochs + args.epochs),
+                      device=str(device), args=vars(args))
+        save_together({out / "result.json": json.dumps(result, indent=2),
+                       out / "classifier.pt": dict(kind="semisup_classifier", classifier=model.state_dict(),
+                                                   n_classes=n_classes, encoder_config=config,
+                                                   args=vars(args), test_acc=acc)})
     print(f"test accuracy {100 * acc:.2f}%  (wrote {out / 'result.json'}, {out / 'classifier.pt'})")
     return result
 

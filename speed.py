@@ -15,8 +15,7 @@ def benchmark(tr, n_steps):
 
     def seconds_per_step(batch):
         tr.batch = batch
-        if tr.graph is not None:  # --cuda-graph: a new batch size is a new capture, after its warm-up
-            tr.drop_graph()
+        tr.step_fn = tr.make_step_fn()  # --cuda-graph: a new batch size is a new capture, after its warm-up
         for _ in range(5):
             tr.train_step(tr.next_batch())
         sync()
@@ -33,7 +32,7 @@ def benchmark(tr, n_steps):
     tr.batch = full
     fixed = max(0.0, 2 * half - step)  # the intercept of the line through (B/2, half) and (B, step)
     ips = full * tr.world / step
-    flops = count_step_flops(lambda x0: tr.loss_fn(tr.train_nets, tr.sde, x0, args), tr.next_batch()) / tr.batch
+    flops = count_step_flops(lambda x0: tr.compute_loss(tr.train_nets, x0), tr.next_batch()) / tr.batch
     n_params = sum(p.numel() for p in tr.params)
     mem = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
     peak = peak_bf16_flops(device)

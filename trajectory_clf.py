@@ -25,28 +25,23 @@ itself is infinite; MINE's finite estimate of I(i; i) is only a proxy, so the ma
 
 Writes OUT/trajectory.json, OUT/accuracy.png, OUT/attention.png and, with --nmi, OUT/nmi.png.
 """
-import os
-import signal
-
-if __name__ == "__main__" and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-    # Ctrl-C while torch loads or the data is read: one line, not a 40-line traceback (an exception
-    # raised inside torch's own import turns into another one, so the process leaves at once)
-    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"interrupted (Ctrl-C)\n"), os._exit(1)))
+if __name__ == "__main__":
+    import interrupts
+    interrupts.quiet_until_ready()
 
 import argparse
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, load_run
+from checkpoint import CheckpointError, WriteError, load_run, save_atomic, save_figure
 from codes import cached_codes, checkpoint_key, encode_images
 from data import DataError, load_dataset
-from runtime import check_numbers, exit_on, float_list, pick_device, prepare_out
+from runtime import Parser, check_numbers, exit_on, float_list, pick_device, prepare_out
 
 
 # ---- the downstream models: each maps a trajectory batch (B, K, D) to class logits ----
@@ -249,23 +244,23 @@ def nmi_matrix(x, steps=2000, lr=1e-4, log=print):
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--ckpt", required=True, help="a train_drl.py run with a time-conditioned encoder (--time-cond)")
-    p.add_argument("--out", default="trajectory")
+    p.add_argument("--out", default="trajectory", help="folder of result.json and its figures")
     p.add_argument("--points", type=int, default=11, help="K points t = 0, 1/(K-1), ..., 1")
     p.add_argument("--epochs", type=int, default=30, help="per model and seed (the paper: 100)")
     p.add_argument("--lrs", default="1e-3,2.5e-4", help="learning rates tried on the validation split")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per model")
     p.add_argument("--val-frac", type=float, default=0.1, help="of the training images, for model selection")
     p.add_argument("--max-train", type=int, default=None, help="use this many training images (random)")
     p.add_argument("--max-test", type=int, default=None, help="use the first this many test images")
     p.add_argument("--models", default=None, help="comma list of mlp@K, concat, gru, transformer (default: all)")
     p.add_argument("--nmi", action="store_true", help="also the MINE mutual-information map")
-    p.add_argument("--nmi-steps", type=int, default=2000)
-    p.add_argument("--nmi-lr", type=float, default=1e-4)
+    p.add_argument("--nmi-steps", type=int, default=2000, help="--nmi: MINE steps per pair of times")
+    p.add_argument("--nmi-lr", type=float, default=1e-4, help="--nmi: MINE learning rate")
     p.add_argument("--nmi-n", type=int, default=10000, help="training codes used by MINE")
     p.add_argument("--data-dir", default=None, help="default: the run's --data-dir")
-    p.add_argument("--device", default=None)
+    p.add_argument("--device", default=None, help="cpu, cuda or mps; default cuda, then mps, then cpu")
     p.add_argument("--seed", type=int, default=0, help="picks the --max-train subset and the validation split")
     args = p.parse_args(argv)
     try:
@@ -291,10 +286,10 @@ def main(argv=None):
         if not encoder.time_cond and args.nmi:
             raise CheckpointError(f"{args.ckpt} has a static encoder: one code per image, no map between points "
                                   f"of a trajectory; drop --nmi")
-        out = prepare_out(args.out)  # after the checkpoint: a wrong --ckpt leaves no empty folder behind
         run = ckpt["args"]
         images, y_train = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=True)
         test_images, y_test = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
+    out = prepare_out(args.out)  # after the checkpoint and the data: bad input leaves no folder behind
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
     images, y_train = images[perm], y_train[perm]
     test_images, y_test = test_images[: args.max_test], y_test[: args.max_test]
@@ -332,9 +327,9 @@ def main(argv=None):
         nmi, mi = nmi_matrix(x, args.nmi_steps, args.nmi_lr)
         result.update(nmi=nmi.tolist(), mi=mi.tolist(), nmi_steps=args.nmi_steps, nmi_codes=len(x))
 
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "trajectory.json").write_text(json.dumps(result, indent=2))
-    plot(out, result)
+    with exit_on(WriteError):
+        save_atomic(json.dumps(result, indent=2), out / "trajectory.json")
+        plot(out, result)
     print_table(rows)
     print(f"wrote {out / 'trajectory.json'} and the figures in {out}")
     return result
@@ -365,7 +360,7 @@ def plot(out, result):
     ax.set(xlabel="t", ylabel="test accuracy (%)", title=f"{result['dataset']}: one point vs the trajectory")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=120)
+    save_figure(fig, out / "accuracy.png")
     plt.close(fig)
 
     tsf = next((r for r in rows if r["model"] == "transformer"), None)
@@ -375,7 +370,7 @@ def plot(out, result):
                yerr=tsf["attention_std"], capsize=2)
         ax.set(xlabel="t", ylabel="attention of the CLS query", title="where the transformer looks (test mean)")
         fig.tight_layout()
-        fig.savefig(out / "attention.png", dpi=120)
+        save_figure(fig, out / "attention.png")
         plt.close(fig)
 
     if "nmi" in result:
@@ -385,7 +380,7 @@ def plot(out, result):
         fig.colorbar(im, ax=ax, label="NMI (relative)")
         ax.set(xlabel="t", ylabel="t", title="MINE mutual information between points")
         fig.tight_layout()
-        fig.savefig(out / "nmi.png", dpi=120)
+        save_figure(fig, out / "nmi.png")
         plt.close(fig)
 
 

@@ -3,7 +3,7 @@ process (round-robin, so every set-up sees the same machine load), on Fashion-MN
 
     python benchmarks/cpu_step.py --threads 2 --steps 20 --rounds 3
     python benchmarks/cpu_step.py --threads 2 --compile     # also torch.compile (inductor's C++ backend)
-    python benchmarks/cpu_step.py --threads 1 --rows "preset=" "emb64=--emb-dim 64" "ae=--objective ae"
+    python benchmarks/cpu_step.py --threads 1 --rows "preset=" "ch4=--ch 4" "ae=--objective ae"
 
 Rows: the `cpu` preset as it was (a 16-channel score net with middle attention, the code map read from
 the code's embedding) in contiguous memory and in channels_last (the step's default), a 4-channel score
@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_drl  # noqa: E402
 
-BEFORE = ["--ch", "16", "--mid-attn", "--code-map-from", "emb"]
+BEFORE = ["--ch", "16", "--mid-attn"]
 SETUPS = {
     "cpu preset before (ch 16, middle attention), contiguous": BEFORE + ["contiguous"],
     "cpu preset before, channels_last": BEFORE,
@@ -40,7 +40,7 @@ def build(flags, dataset, compile_):
     contiguous = "contiguous" in flags  # the step's default memory format is channels_last
     flags = [f for f in flags if f != "contiguous"]
     args = train_drl.parse_args(["--dataset", dataset, "--device", "cpu", "--probe-n", "0", *flags])
-    tr = train_drl.Training(args, torch.device("cpu"))
+    tr = train_drl.Training(args, "unused", torch.device("cpu"))
     if contiguous:
         tr.memory_format = torch.contiguous_format
         for m in [*tr.nets.values(), *tr.emas.values()]:

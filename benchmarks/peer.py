@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from runtime import autocast, pick_device  # noqa: E402
-from sde import VESDE, dsm_loss  # noqa: E402
-from unet import UNet  # noqa: E402
+from sde import VESDE, dsm_loss, t_uniform  # noqa: E402
+from unet import ScoreNet, UNet  # noqa: E402
 
 
 def n_params(m):
@@ -45,7 +45,7 @@ def time_steps(model, forward, args, device, mode):
     x0 = torch.rand(args.batch_size, 1, 28, 28, device=device).contiguous(memory_format=fmt)
 
     def step():
-        t = sde.sample_t(args.batch_size, device=device)
+        t = t_uniform(args.batch_size, sde, device)
         noise = torch.randn_like(x0)
         std = sde.marginal_std(t)
         with ctx:
@@ -110,7 +110,7 @@ def networks(args):
     from denoising_diffusion_pytorch import Unet  # the peer, imported only here
 
     mult = tuple(int(m) for m in args.ch_mult.split(","))
-    ours = lambda: UNet(ch=args.ch, ch_mult=mult, num_res_blocks=args.num_res_blocks)
+    ours = lambda: ScoreNet(UNet(ch=args.ch, ch_mult=mult, num_res_blocks=args.num_res_blocks), VESDE())
     target = n_params(ours())
     dim = min(range(8, 129, 8), key=lambda d: abs(n_params(Unet(dim=d, dim_mults=mult, channels=1)) - target))
     peer = lambda: Unet(dim=dim, dim_mults=mult, channels=1)

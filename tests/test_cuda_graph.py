@@ -5,15 +5,15 @@ import torch
 
 import train_drl
 
-TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "16", "--eval-n", "16",
+TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "16",
         "--log-every", "2", "--warmup", "2", "--probe-n", "0", "--latent-dim", "8"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
 
-def test_cuda_graph_needs_a_cuda_device(capsys):
-    with pytest.raises(SystemExit):
-        train_drl.parse_args(TINY + ["--device", "cpu", "--cuda-graph"])
-    assert "--cuda-graph needs a CUDA device" in capsys.readouterr().err
+def test_cuda_graph_needs_a_cuda_device(tmp_path):
+    with pytest.raises(SystemExit, match="^error: --cuda-graph needs a CUDA device"):
+        train_drl.main(TINY + ["--device", "cpu", "--cuda-graph", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
 
 
 def relative_error(a, b):
@@ -30,19 +30,19 @@ def test_replayed_step_equals_the_eager_step(extra):
 
     def build(flags):
         torch.manual_seed(0)
-        return train_drl.Training(train_drl.parse_args(TINY + extra + ["--device", "cuda"] + flags), device)
+        return train_drl.Training(train_drl.parse_args(TINY + extra + ["--device", "cuda"] + flags), "unused", device)
 
     eager, graphed = build([]), build(["--cuda-graph"])
     data = torch.Generator(device=device).manual_seed(1)
     losses = []
-    for step in range(train_drl.GRAPH_WARMUP + 3):
+    for step in range(graphed.step_fn.warmup + 3):
         x0 = torch.rand(16, 1, 28, 28, device=device, generator=data).contiguous(memory_format=eager.memory_format)
         pair = []
         for tr in (eager, graphed):
             torch.cuda.manual_seed(100 + step)
             pair.append(tr.train_step(x0)[0].item())
         losses.append(pair)
-    assert graphed.graph is not None and eager.graph is None
+    assert graphed.step_fn.graph is not None and eager.step_fn == eager.update
     for e, g in losses:
         assert abs(e - g) <= 2e-2 * abs(e), losses
     assert len({round(e, 3) for e, _ in losses[-3:]}) == 3  # the replays saw new batches and noise
@@ -70,14 +70,14 @@ def test_graphed_run_saves_resumes_and_benchmarks(tmp_path, capsys):
 def test_graphs_replayed_side_by_side_learn_what_one_alone_learns():
     """Two AE runs (no random draws in their step) captured and replayed on two streams at once must
     end where the same run alone ends. Graphs captured on torch's shared capture stream shared one
-    cuBLAS workspace and raced when replayed side by side (benchmarks/gpu_screen.py's codes fell 3-7
-    points); each capture now has a stream of its own."""
+    cuBLAS workspace and raced when replayed side by side (screened codes fell 3-7 points); each
+    capture has a stream of its own."""
     device = torch.device("cuda")
     flags = TINY + ["--device", "cuda", "--cuda-graph", "--objective", "ae", "--amp", "off"]
 
     def build(seed):
         torch.manual_seed(seed)
-        return train_drl.Training(train_drl.parse_args(flags + ["--seed", str(seed)]), device)
+        return train_drl.Training(train_drl.parse_args(flags + ["--seed", str(seed)]), "unused", device)
 
     def run(trainers, steps=60):
         streams = [torch.cuda.Stream(device) for _ in trainers]

@@ -141,7 +141,7 @@ def test_distance_along_t_is_zero_for_an_encoder_that_ignores_t():
     images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
     cpu = torch.device("cpu")
     codes = lambda t: encode_images(encoder, images, t, cpu)
-    films = [block for block in encoder.trunk if getattr(block, "film", None) is not None]
+    films = [block for block in encoder.modules() if getattr(block, "film", None) is not None]
     assert films and probe.distance_along_t(codes(0.0), codes(1.0)) == 0  # each block's last conv starts at zero
     for block in films:  # as after some training: the FiLM-modulated path reaches the code
         torch.nn.init.normal_(block.conv2.weight, std=0.1)

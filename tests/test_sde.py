@@ -1,10 +1,12 @@
 """The VE SDE against closed forms, and the DSM floor of eq. 6 (the paper's central argument)."""
 import math
+from functools import partial
 
 import pytest
 import torch
 
-from sde import VESDE, dsm_floor, dsm_loss, kl_to_standard_normal, mixture_score
+from sde import (VESDE, DRLLoss, dsm_floor, dsm_loss, kl_to_standard_normal, mixture_score, t_fixed, t_lognormal,
+                 t_sigma_uniform, t_uniform)
 
 sde = VESDE(0.01, 50.0)
 
@@ -43,13 +45,11 @@ def test_kernel_score_is_gradient_of_log_kernel():
 
 def test_time_sampling_modes():
     torch.manual_seed(0)
-    u = sde.sample_t(100000, "uniform", eps=1e-5)
+    u = t_uniform(100000, sde, eps=1e-5)
     assert u.min() >= 1e-5 and u.max() <= 1 and abs(u.mean().item() - 0.5) < 0.01
-    s = sde.sigma(sde.sample_t(100000, "sigma"))  # sigma uniform on [sigma_min, sigma_max]
+    s = sde.sigma(t_sigma_uniform(100000, sde))  # sigma uniform on [sigma_min, sigma_max]
     assert abs(s.mean().item() - 25.005) < 0.3 and abs(s.std().item() - 49.99 / math.sqrt(12)) < 0.3
-    assert torch.all(sde.sample_t(10, "fixed", t_fixed=0.7) == 0.7)
-    with pytest.raises(ValueError):
-        sde.sample_t(3, "cosine")
+    assert torch.all(t_fixed(10, sde, t=0.7) == 0.7)
 
 
 def test_prior_and_reverse_drift():
@@ -198,39 +198,86 @@ def test_edm_weighting_is_karras_lambda_on_the_denoised_image():
 def test_lognormal_time_sampling():
     """ln std ~ N(p_mean, p_std^2) in the noise std actually used (marginal_std), clipped in std."""
     torch.manual_seed(0)
-    t = sde.sample_t(200000, "lognormal", p_mean=0.5, p_std=0.8)
+    t = t_lognormal(200000, sde, p_mean=0.5, p_std=0.8)
     log_std = torch.log(sde.marginal_std(t))
     assert abs(log_std.mean().item() - 0.5) < 0.01 and abs(log_std.std().item() - 0.8) < 0.01
-    t = sde.sample_t(100000, "lognormal", p_mean=-1.2, p_std=1.2)  # EDM's: 0.24% of draws below 0.01
+    t = t_lognormal(100000, sde, p_mean=-1.2, p_std=1.2)  # EDM's: 0.24% of draws below 0.01
     std = sde.marginal_std(t)
     assert torch.isclose(std.min(), torch.tensor(0.01), rtol=1e-3)  # clipped at sigma_min, not below it
     assert abs((std < 0.0101).float().mean().item() - 0.0024) < 0.001
-    t = sde.sample_t(10000, "lognormal", p_mean=0.0, p_std=10.0)  # clipped to the SDE's range
+    t = t_lognormal(10000, sde, p_mean=0.0, p_std=10.0)  # clipped to the SDE's range
     assert t.min() > 0.04 and t.max() <= 1.0 and (t == 1.0).any()
+
+
+class Recorder:
+    """A stand-in score net that records the times and codes the loss gives it, and returns a score
+    that depends on both (so gradients reach the code)."""
+
+    def __call__(self, x_t, t, z):
+        self.t, self.z = t, z
+        return -x_t * t[:, None, None, None] + (0 if z is None else z.sum(1)[:, None, None, None])
 
 
 def test_a_uniform_share_mixes_uniform_t_into_any_mode():
     """sigma-uniform with a share u of uniform-t draws: P(std <= s) = u F_uniform(s) + (1 - u) F_sigma(s)."""
     torch.manual_seed(0)
-    u, n = 0.3, 400000
-    std = sde.marginal_std(sde.sample_t(n, "sigma", uniform_share=u))
+    u, n, net = 0.3, 400000, Recorder()
+    DRLLoss(sde, t_sigma_uniform, uniform_share=u)(None, net, torch.zeros(n, 1, 1, 1))
+    std = sde.marginal_std(net.t)
     for s in (0.05, 0.5, 1.0, 5.0, 25.0):
         f_uniform = (sde.t_of_std(torch.tensor(s)) - 1e-5) / (1 - 1e-5)
         f_sigma = (math.sqrt(s ** 2 + sde.sigma_min ** 2) - sde.sigma_min) / (sde.sigma_max - sde.sigma_min)
         assert abs((std <= s).float().mean().item() - (u * f_uniform + (1 - u) * f_sigma)) < 0.003
 
 
-@pytest.mark.parametrize("mode", ["uniform", "sigma", "lognormal"])
-def test_stratified_times_put_one_draw_in_each_stratum_of_the_same_distribution(mode):
-    """Stratified: sorted, the n draws' CDF values are (u + i) / n, one per stratum; pooled over many
-    batches they follow the plain mode's distribution (its quantiles, from a large plain sample)."""
+@pytest.mark.parametrize("trains_encoder", [True, False])
+def test_the_uniform_share_trains_the_encoder_only_if_asked(trains_encoder):
+    """share_trains_encoder=False: the code's gradient comes from sample_t's draws alone (t = 0.4 here),
+    while the score net still sees every draw."""
     torch.manual_seed(0)
-    n = 64
-    batch = sde.sample_t(n, mode, stratified=True)
-    reference = sde.sample_t(400000, mode).sort().values
-    cdf = torch.searchsorted(reference, batch.sort().values).double() / len(reference)
-    strata = (cdf * n).floor()
-    assert torch.equal(strata, torch.arange(n, dtype=torch.double))  # one draw per 1/n of the distribution
-    pooled = torch.cat([sde.sample_t(n, mode, stratified=True) for _ in range(2000)])
-    for q in (0.1, 0.5, 0.9):
-        assert abs(pooled.quantile(q).item() - reference[int(q * len(reference))].item()) < 0.01
+    x0, net = torch.randn(512, 1, 2, 2), Recorder()
+    z = torch.randn(512, 3, requires_grad=True)
+    loss = DRLLoss(sde, partial(t_fixed, t=0.4), uniform_share=0.5, share_trains_encoder=trains_encoder)
+    loss(lambda x, t: (z, None), net, x0)[0].backward()
+    shared = net.t != 0.4  # the uniform share's draws
+    assert 150 < shared.sum() < 360 and torch.all(z.grad[~shared].abs().sum(1) > 0)
+    assert torch.all(z.grad[shared].abs().sum(1) > 0) == trains_encoder
+
+
+def test_drl_loss_reads_every_constructor_parameter():
+    """Mutants: the weighting, the code and the noise level each change the loss they reach."""
+    torch.manual_seed(0)
+    x0, net = torch.randn(64, 1, 2, 2), Recorder()
+    code = torch.randn(64, 3)
+
+    def value(**kw):
+        torch.manual_seed(1)
+        encoder = kw.pop("encoder", lambda x, t: (code, None))
+        return DRLLoss(sde, **kw)(encoder, net, x0)
+
+    base = value(sample_t=partial(t_fixed, t=0.4))[0]
+    assert value(sample_t=partial(t_fixed, t=0.6))[0] != base and torch.allclose(net.t, torch.full((64,), 0.6))
+    assert value(sample_t=partial(t_fixed, t=0.4), weighting="edm", sigma_data=0.3)[0] != base
+    assert value(sample_t=partial(t_fixed, t=0.4), encoder=lambda x, t: (2 * code, None))[0] != base
+    assert torch.equal(net.z, 2 * code)
+    loss, reg = value(sample_t=partial(t_fixed, t=0.4), l1=0.1)
+    assert loss == base and reg == pytest.approx(0.1 * code.abs().sum(1).mean().item())
+    logvar = torch.full((64, 3), -1.0)
+    _, kl = value(sample_t=partial(t_fixed, t=0.4), kl=0.5, encoder=lambda x, t: (code, logvar))
+    assert kl == pytest.approx(0.5 * kl_to_standard_normal(code, logvar).mean().item())
+
+
+def test_the_loss_copies_with_sde_py_alone(tmp_path):
+    """sde.py imports torch alone: copied into an empty folder, it builds and runs the DRL loss."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    shutil.copy(Path(__file__).parent.parent / "sde.py", tmp_path)
+    script = ("import torch; from functools import partial; from sde import VESDE, DRLLoss, t_fixed\n"
+              "loss = DRLLoss(VESDE(), partial(t_fixed, t=0.4), weighting='edm', sigma_data=0.3)\n"
+              "print(loss(lambda x, t: (x.flatten(1), None), lambda x, t, z: -x + z.sum(1)[:, None, None, None],"
+              " torch.rand(4, 1, 2, 2))[0].item())")
+    out = subprocess.run([sys.executable, "-E", "-s", "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) > 0

@@ -7,10 +7,9 @@ import torch
 import data
 import train_drl
 from checkpoint import CheckpointError, load_run
-from unet import ResBlock
 from data import load_dataset
 
-TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "16",
+TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8",
         "--log-every", "2", "--warmup", "2", "--device", "cpu", "--probe-n", "0"]
 
 
@@ -68,8 +67,9 @@ def test_resume_with_other_networks_is_refused(tmp_path):
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, monkeypatch):
     out = run(tmp_path, "nan", "--steps", "2", "--save-every", "2")
     before = (out / "ckpt.pt").read_bytes()
-    real = train_drl.dsm_loss
-    monkeypatch.setattr(train_drl, "dsm_loss", lambda *a: real(*a) * float("nan"))
+    import sde
+    real = sde.dsm_loss
+    monkeypatch.setattr(sde, "dsm_loss", lambda *a: real(*a) * float("nan"))
     with pytest.raises(SystemExit, match="the loss became nan.*left intact"):
         run(tmp_path, "nan", "--steps", "6", "--save-every", "2")
     assert (out / "ckpt.pt").read_bytes() == before
@@ -144,6 +144,9 @@ def test_load_run_rejects_wrong_files(tmp_path):
     torch.save({"model": {}}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a train_drl.py checkpoint"):
         load_run(tmp_path / "other.pt")
+    torch.save({"kind": "drl_train", "version": 2}, tmp_path / "old.pt")  # written before the U-Net took log sigma
+    with pytest.raises(CheckpointError, match=r"older train_drl.py \(checkpoint version 2, this code reads 3\)"):
+        load_run(tmp_path / "old.pt")
 
 
 def test_benchmark_prints_images_per_second(capsys):
@@ -165,9 +168,9 @@ def test_cpu_step_benchmark_times_the_rows_it_is_given(capsys):
     import sys
     sys.path.insert(0, "benchmarks")
     import cpu_step
-    cpu_step.main(["--threads", "1", "--steps", "1", "--rounds", "1", "--rows", "base=", "wide=--emb-dim 32"])
+    cpu_step.main(["--threads", "1", "--steps", "1", "--rounds", "1", "--rows", "base=", "narrow=--ch 4"])
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| base") or
-            line.startswith("| wide")]
+            line.startswith("| narrow")]
     assert len(rows) == 2 and rows[0].endswith("| 1.00x |")
     with pytest.raises(SystemExit):
         cpu_step.main(["--rows", "no-equals-sign"])
@@ -199,7 +202,8 @@ def test_baselines_train_the_same_encoder_and_save_the_same_format(tmp_path, obj
     head = {"ae": "decoder", "vae": "decoder", "simclr_gauss": "projector"}[objective]
     assert ckpt["score_net"] is None and ckpt[head] is not None
     assert ckpt["config"]["encoder"]["probabilistic"] == (objective == "vae")
-    assert ckpt["args"]["kl"] == (1.0 if objective == "vae" else 1e-5)
+    assert train_drl.make_loss(train_drl.parse_args(TINY + ["--objective", objective]), 0.3)[0].__dict__.get("kl") == (
+        1.0 if objective in ("ae", "vae") else None)  # vae: the ELBO's KL weight, whatever --kl says (vdrl's)
     for net in ("encoder", head):  # both were trained
         assert not all(torch.equal(ckpt["ema_" + net][k], v) for k, v in ckpt[net].items())
     score_net, encoder, _, _ = load_run(out / "ckpt.pt")
@@ -212,67 +216,37 @@ def test_time_cond_needs_a_diffusion_objective(tmp_path):
         run(tmp_path, "x", "--objective", "ae", "--time-cond")
 
 
-def test_new_levers_train_end_to_end(tmp_path):
-    out = run(tmp_path, "edm", "--steps", "4", "--save-every", "4", "--precond", "edm", "--weighting", "edm",
-              "--t-sampling", "lognormal", "--p-mean", "0.5", "--code-map", "--latent-norm", "--decorr", "1")
+def test_the_cpu_presets_levers_train_end_to_end(tmp_path):
+    out = run(tmp_path, "edm", "--steps", "4", "--save-every", "4", "--t-sampling", "lognormal", "--p-mean", "0.5",
+              "--t-uniform-share", "0.3", "--no-mid-attn")
     score_net, encoder, _, ckpt = load_run(out / "ckpt.pt")
-    assert score_net.precond == "edm" and score_net.code_map is not None and score_net.latent_norm is not None
+    assert score_net.precond == "edm" and score_net.net.latent_norm is not None and len(score_net.net.mid) == 2
+    assert score_net.net.code_map.in_features == encoder.latent_dim == 256  # the code map reads z itself
     assert 0.05 < score_net.sigma_data < 0.5  # measured from the images, not EDM's 0.5 for [-1, 1] data
+    assert ckpt["args"]["t_uniform_share"] == 0.3
     x, t = torch.rand(2, 1, 28, 28), torch.full((2,), 0.7)
     z = encoder(x)[0]
     assert not torch.allclose(score_net(x, t, z), score_net(x, t, z.flip(0)))  # the code steers the score
 
 
-def test_code_map_from_z_and_a_uniform_share_train_end_to_end(tmp_path):
-    out = run(tmp_path, "z", "--steps", "4", "--save-every", "4", "--code-map-from", "z", "--t-uniform-share", "0.3",
-              "--lr-decay", "cosine")
-    score_net, encoder, _, ckpt = load_run(out / "ckpt.pt")
-    assert score_net.code_map.in_features == encoder.latent_dim == 256  # read from z (the cpu preset's 256-d code), not its embedding
-    assert ckpt["args"]["t_uniform_share"] == 0.3
-    x, t = torch.rand(2, 1, 28, 28), torch.full((2,), 0.7)
-    z = encoder(x)[0]
-    assert not torch.allclose(score_net(x, t, z), score_net(x, t, z.flip(0)))
-
-
-def test_emb_dim_widens_every_film_input_and_old_checkpoints_still_resume(tmp_path):
-    out = run(tmp_path, "e", "--steps", "2", "--save-every", "2", "--emb-dim", "48")
-    score_net, encoder, _, ckpt = load_run(out / "ckpt.pt")
-    films = [m.film for m in score_net.modules() if isinstance(m, ResBlock)]
-    assert films and all(f.in_features == 48 for f in films) and score_net.latent_embed[-1].out_features == 48
-    # a checkpoint saved before the options existed (no emb_dim or patch in its config) resumes with the
-    # flags left out
+def test_an_older_checkpoint_is_refused_with_its_version(tmp_path):
     out = run(tmp_path, "old", "--steps", "2", "--save-every", "2")
-    saved = torch.load(out / "ckpt.pt", weights_only=False)
-    del saved["config"]["score_net"]["emb_dim"], saved["config"]["score_net"]["patch"], saved["config"]["encoder"]["patch"]
+    saved = torch.load(out / "ckpt.pt", weights_only=True)
+    saved["version"] = 2
     torch.save(saved, out / "ckpt.pt")
-    run(tmp_path, "old", "--steps", "3", "--save-every", "3")
-    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == 3
-
-
-def test_noise_per_image_encodes_once_and_scores_k_times():
-    args = train_drl.parse_args(TINY + ["--noise-per-image", "3", "--no-mid-attn"])
-    tr = train_drl.Training(args, torch.device("cpu"))
-    from unet import Attention
-    assert not any(isinstance(m, Attention) for m in tr.nets["score_net"].mid)  # --no-mid-attn
-    batches = {}
-    for name in ("encoder", "score_net"):
-        tr.nets[name].register_forward_hook(lambda m, inp, out, name=name: batches.update({name: len(inp[0])}))
-    x0 = tr.next_batch()
-    train_drl.diffusion_loss(tr.nets, tr.sde, x0, args)
-    assert batches == {"encoder": len(x0), "score_net": 3 * len(x0)}
-    with pytest.raises(SystemExit):
-        train_drl.parse_args(TINY + ["--noise-per-image", "2", "--time-cond"])
+    with pytest.raises(SystemExit, match=r"^error: .*checkpoint version 2, this code reads 3\); train it again"):
+        run(tmp_path, "old", "--steps", "3", "--save-every", "3")
 
 
 @pytest.mark.parametrize("share,trains,encoder_learns", [(1.0, "score-net", False), (0.5, "score-net", True),
                                                           (1.0, "both", True)])
-def test_the_uniform_share_can_train_the_score_net_alone(share, trains, encoder_learns):
+def test_the_uniform_share_can_train_the_score_net_alone(tmp_path, share, trains, encoder_learns):
     """--share-trains score-net: the loss of the uniform-t draws reaches the score net but not the encoder."""
     args = train_drl.parse_args(TINY + ["--t-uniform-share", str(share), "--share-trains", trains])
-    tr = train_drl.Training(args, torch.device("cpu"))
+    tr = train_drl.Training(args, tmp_path, torch.device("cpu"))
     tr.train_step(tr.next_batch())  # past the zero-initialised output layer, which passes no gradient back
     tr.opt.zero_grad()
-    loss, _ = train_drl.diffusion_loss(tr.nets, tr.sde, tr.next_batch(), args)
+    loss, _ = tr.compute_loss(tr.nets, tr.next_batch())
     loss.backward()
     grad = lambda name: sum(p.grad.abs().sum().item() for p in tr.nets[name].parameters() if p.grad is not None)
     assert grad("score_net") > 0 and (grad("encoder") > 0) == encoder_learns
@@ -281,7 +255,7 @@ def test_the_uniform_share_can_train_the_score_net_alone(share, trains, encoder_
 def test_enc_lr_mult_scales_the_encoders_steps_alone(tmp_path):
     """--enc-lr-mult: the encoder's Adam step is the multiple of the score net's; a run resumes with it."""
     args = train_drl.parse_args(TINY + ["--enc-lr-mult", "4", "--warmup", "0"])
-    tr = train_drl.Training(args, torch.device("cpu"))
+    tr = train_drl.Training(args, tmp_path, torch.device("cpu"))
     tr.train_step(tr.next_batch())
     lr_of = {id(p): g["lr"] for g in tr.opt.param_groups for p in g["params"]}
     by_net = {k: lr_of[id(next(m.parameters()))] for k, m in tr.nets.items()}
@@ -298,18 +272,11 @@ def test_enc_lr_mult_scales_the_encoders_steps_alone(tmp_path):
         run(tmp_path, "m", "--steps", "4", "--enc-lr-mult", "2")
 
 
-def test_cosine_decay_over_steps_or_minutes():
+def test_linear_warmup_then_constant():
     import types
-    tr = types.SimpleNamespace(args=types.SimpleNamespace(lr=1e-3, warmup=10, steps=110, lr_decay="cosine"),
-                               step=0, progress=0.0)
-    lr = lambda step, progress=0.0: train_drl.Training.learning_rate(
-        types.SimpleNamespace(**{**vars(tr), "step": step, "progress": progress}))
-    assert lr(0) == pytest.approx(1e-4) and lr(9) == pytest.approx(1e-3)        # linear warm-up
-    assert lr(10) == pytest.approx(1e-3) and lr(60) == pytest.approx(5e-4)     # cosine over the steps left
-    assert lr(110) == pytest.approx(0, abs=1e-12)
-    assert lr(20, progress=0.5) == pytest.approx(5e-4)                          # --minutes further along
-    tr.args.lr_decay = "none"
-    assert lr(100) == 1e-3
+    lr = lambda step: train_drl.Training.learning_rate(
+        types.SimpleNamespace(args=types.SimpleNamespace(lr=1e-3, warmup=10), step=step))
+    assert lr(0) == pytest.approx(1e-4) and lr(9) == pytest.approx(1e-3) and lr(5000) == 1e-3
 
 
 def test_minutes_budget_stops_and_saves(tmp_path):
@@ -422,13 +389,14 @@ def test_every_saved_step_has_its_stats_row_when_the_save_is_killed(tmp_path, mo
 
 
 def test_the_preset_layer_norms_only_codes_it_does_not_erase():
-    """A layer norm maps a 2-d code to ±(1, -1): the cpu preset turns it on from 8 dimensions only."""
+    """A layer norm maps a 2-d code to ±(1, -1): the score net layer-normalises codes of 8 dimensions or more."""
     from unet import UNet
     norm = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, latent_dim=2, latent_norm=True).latent_norm
     codes = torch.tensor([[3.0, -1.0], [0.5, 2.0], [-4.0, 7.0]])
     assert torch.allclose(norm(codes), torch.tensor([[1.0, -1.0], [-1.0, 1.0], [-1.0, 1.0]]), atol=1e-3)  # the reason
     for dim, on in ((2, False), (7, False), (8, True), (128, True)):
-        assert train_drl.parse_args(TINY + ["--latent-dim", str(dim)]).latent_norm is on
+        args = train_drl.parse_args(TINY + ["--latent-dim", str(dim)])
+        assert train_drl.net_config(args, 0.3)["score_net"]["latent_norm"] is on
 
 
 def test_help_shows_every_default_and_what_the_presets_set(capsys):
@@ -468,33 +436,31 @@ def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
     (["--t-sampling", "fixed", "--t-fixed", "2"], "--t-fixed must lie in"),
     (["--t-fixed", "0"], "--t-fixed must lie in"), (["--latent-dim", "0"], "--latent-dim must be a positive"),
     (["--lr", "nan"], "--lr must be a positive"), (["--save-every", "0"], "--save-every must be a positive"),
-    (["--eval-n", "0"], "--eval-n must be a positive"), (["--sigma-min", "0"], "--sigma-min must be a positive"),
+    (["--sigma-min", "0"], "--sigma-min must be a positive"), (["--ema", "1"], "--ema must lie in (0, 1)"),
     (["--ch", "0"], "--ch must be a positive"), (["--minutes", "-1"], "--minutes must be a positive"),
-    (["--ch-mult", "1,x"], "--ch-mult must be positive whole numbers"), (["--attn-res", "abc"], "--attn-res must name"),
-    (["--attn-res", "13"], "--attn-res must name resolutions the net has (28,14"),
-    (["--latent-dim", "2", "--latent-norm"], "--latent-norm needs --latent-dim 8 or more"),
-    (["--t-uniform-share", "1.5"], "--t-uniform-share must lie in [0, 1]"),
-    (["--emb-dim", "33"], "--emb-dim must be even"), (["--emb-dim", "-2"], "--emb-dim must be a positive")])
+    (["--ch-mult", "1,x"], "--ch-mult must be positive whole numbers"),
+    (["--t-uniform-share", "1.5"], "--t-uniform-share must lie in [0, 1]"), (["--steps", "x"], "invalid int value")])
 def test_bad_numbers_get_one_argparse_line(tmp_path, capsys, flags, says):
     with pytest.raises(SystemExit) as e:
         train_drl.main(TINY + ["--out", str(tmp_path / "x"), *flags])
     err = capsys.readouterr().err.strip().splitlines()
-    assert e.value.code == 2 and says in err[-1] and not (tmp_path / "x").exists()
+    assert e.value.code == 2 and len(err) == 1 and says in err[0] and not (tmp_path / "x").exists()
 
 
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
-    lock = train_drl.lock_run_folder(tmp_path / "busy")
+    lock = train_drl.RunFolderLock(tmp_path / "busy")
     (tmp_path / "busy" / "ckpt.pt.123.tmp").write_text("stale")
     with pytest.raises(SystemExit, match="in use by another train_drl.py run"):
         run(tmp_path, "busy", "--steps", "2")
-    lock.close()  # as when the first run's process ends, however it ends
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["ckpt.pt.123.tmp"]  # no lock file, no rows
+    lock.release()  # as when the first run's process ends, however it ends
     run(tmp_path, "busy", "--steps", "2")
     assert not list((tmp_path / "busy").glob("*.tmp"))
 
 
 def test_progress_by_time_with_eta_and_a_cpu_hours_note(tmp_path, monkeypatch, capsys):
     """A clock that jumps 100 s per reading: every step is 'slow', so lines come by time (not by
-    --log-every), saves come by --save-minutes, and the estimate of hours is said once."""
+    --log-every), saves come by SAVE_MINUTES, and the estimate of hours is said once."""
     import os
     import signal
     import types
@@ -505,6 +471,7 @@ def test_progress_by_time_with_eta_and_a_cpu_hours_note(tmp_path, monkeypatch, c
         return clock[0]
 
     monkeypatch.setattr(train_drl, "time", types.SimpleNamespace(time=tick, perf_counter=tick))
+    monkeypatch.setattr(train_drl, "SAVE_MINUTES", 1)
     real_step = train_drl.Training.train_step
 
     def step_then_interrupt(self, x0):  # a run of hours, stopped by Ctrl-C after 3 steps
@@ -514,50 +481,39 @@ def test_progress_by_time_with_eta_and_a_cpu_hours_note(tmp_path, monkeypatch, c
         return result
 
     monkeypatch.setattr(train_drl.Training, "train_step", step_then_interrupt)
-    out = run(tmp_path, "slow", "--steps", "1000", "--log-every", "1000", "--save-every", "1000", "--save-minutes", "1")
+    out = run(tmp_path, "slow", "--steps", "1000", "--log-every", "1000", "--save-every", "1000")
     printed = capsys.readouterr().out
     rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all("eval_loss" in r for r in rows)  # saved by time
     assert printed.count("ETA") == 3 and printed.count("needs about") == 1 and "--preset cpu" in printed
 
 
-def test_the_weighting_flag_reaches_the_loss():
-    """The same nets, batch, t and noise: EDM's weight (1 + std^2 / sigma_data^2 times the paper's) must
-    show in the loss train_drl.py computes, or --weighting is silently ignored."""
-    args = train_drl.parse_args(TINY + ["--t-sampling", "uniform"])
-    tr = train_drl.Training(args, torch.device("cpu"))
-    x0 = tr.next_batch()
-    losses = {}
-    for weighting in ("paper", "edm"):
-        args.weighting = weighting
+@pytest.mark.parametrize("flags", [["--weighting", "paper"], ["--t-fixed", "0.6"], ["--l1", "0.5"],
+                                   ["--t-uniform-share", "0.5"], ["--share-trains", "score-net"]])
+def test_every_flag_of_the_recipe_reaches_the_loss(tmp_path, flags):
+    """The same nets, batch and seed: each flag of the recipe changes the loss, its regulariser or its
+    gradients that train_drl.py computes, or it would be silently ignored (mutants of make_loss)."""
+    results = []
+    for extra in ([], flags):
+        args = train_drl.parse_args(TINY + ["--preset", "code", "--t-uniform-share", "0.3", *extra])
         torch.manual_seed(0)
-        losses[weighting] = train_drl.diffusion_loss(tr.nets, tr.sde, x0, args)[0].item()
-    assert losses["edm"] > 1.5 * losses["paper"]
+        tr = train_drl.Training(args, tmp_path, torch.device("cpu"))
+        tr.train_step(tr.next_batch())  # past the zero-initialised output layer
+        torch.manual_seed(1)
+        loss, reg = tr.compute_loss(tr.nets, tr.next_batch())
+        (loss + reg).backward()
+        results.append((loss.item(), reg.item(), sum(p.grad.abs().sum().item() for p in tr.nets["encoder"].parameters())))
+    assert results[0] != results[1]
 
 
 def test_ema_update_records_no_autograd_history():
     """The EMA copies stay plain leaves: an update under autograd would chain a node onto them every step."""
     args = train_drl.parse_args(TINY + ["--steps", "3"])
-    tr = train_drl.Training(args, torch.device("cpu"))
+    tr = train_drl.Training(args, "unused", torch.device("cpu"))
     for _ in range(3):
         tr.train_step(tr.next_batch())
     for ema in tr.emas.values():
         assert all(p.grad_fn is None and not p.requires_grad for p in ema.parameters())
-
-
-def test_patch_trains_end_to_end_and_must_divide_the_image(tmp_path, capsys):
-    out = run(tmp_path, "p2", "--patch", "2", "--steps", "4", "--save-every", "4")
-    config = json.loads((out / "config.json").read_text())["nets"]
-    assert config["score_net"]["patch"] == config["encoder"]["patch"] == 2
-    ae = run(tmp_path, "ae", "--objective", "ae", "--patch", "2", "--steps", "2", "--save-every", "2")
-    assert json.loads((ae / "config.json").read_text())["nets"]["decoder"]["patch"] == 2
-    score_only = run(tmp_path, "sp2", "--score-patch", "2", "--steps", "2", "--save-every", "2")
-    config = json.loads((score_only / "config.json").read_text())["nets"]
-    assert config["score_net"]["patch"] == 2 and config["encoder"]["patch"] is None  # None: unfolded
-    for flag in ("--patch", "--score-patch"):
-        with pytest.raises(SystemExit):
-            train_drl.parse_args(TINY + [flag, "3"])
-        assert f"{flag} 3 must divide the image size" in capsys.readouterr().err
 
 
 def test_the_code_preset_is_the_cpu_preset_with_one_noise_level(tmp_path, capsys):
@@ -568,7 +524,7 @@ def test_the_code_preset_is_the_cpu_preset_with_one_noise_level(tmp_path, capsys
     assert {k for k in vars(cpu) if getattr(cpu, k) != getattr(code, k)} == {
         "preset", "ch", "t_sampling", "t_fixed", "t_uniform_share", "steps"}
     out = tmp_path / "code"
-    train_drl.main(["--dataset", "shapes", "--preset", "code", "--batch-size", "8", "--eval-n", "8", "--steps", "2",
+    train_drl.main(["--dataset", "shapes", "--preset", "code", "--batch-size", "8", "--steps", "2",
                     "--save-every", "2", "--log-every", "2", "--device", "cpu", "--probe-n", "0", "--out", str(out)])
     sample.main(["--ckpt", str(out / "ckpt.pt"), "--mode", "recon", "--steps", "1", "--n", "1", "--device", "cpu",
                  "--corrector-steps", "0", "--out", str(tmp_path / "samples")])
