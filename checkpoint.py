@@ -16,6 +16,7 @@ import torch
 
 from baselines import Decoder, Projector
 from encoder import Encoder
+from runtime import WriteError
 from sde import VESDE
 from unet import ScoreNet, UNet
 
@@ -32,10 +33,6 @@ NETS = {"score_net": build_score_net, "encoder": Encoder, "decoder": Decoder, "p
 
 class CheckpointError(Exception):
     """A checkpoint that cannot be used for what was asked; its message says what to pass instead."""
-
-
-class WriteError(Exception):
-    """A file that could not be written (a full disk, say); the old file, if any, is left as it was."""
 
 
 def save_atomic(obj, path):

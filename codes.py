@@ -1,5 +1,6 @@
 """Codes for the downstream stages: a frozen encoder's codes of a uint8 image set, encoded in batches
-(`encode_images`) and cached on disk per (checkpoint file version, t, images) (`cached_codes`)."""
+(`encode_images`), cached on disk per (checkpoint file version, t, images) (`cached_codes`), and the
+linear probe of a code (`probe_encoder`)."""
 import hashlib
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import torch
 
 from checkpoint import WriteError, save_atomic
 from encoder import encode
+from linear_probe import linear_probe, participation_ratio
 from runtime import autocast
 
 
@@ -19,6 +21,15 @@ def encode_images(encoder, images, t, device, batch_size=500):
         with autocast(device):
             codes.append(encode(encoder, x.to(device).float() / 255, t).float())
     return torch.cat(codes)
+
+
+@torch.no_grad()
+def probe_encoder(encoder, images, labels, test_images, test_labels, device):
+    """Linear probe and effective dimension (participation ratio) of an encoder's code (at t = 0.5 for a
+    time-conditioned one): train_drl.py's probe curve."""
+    t = 0.5 if encoder.time_cond else None
+    train, test = encode_images(encoder, images, t, device), encode_images(encoder, test_images, t, device)
+    return dict(probe_linear=linear_probe(train, labels, test, test_labels)[0], probe_pr=participation_ratio(test))
 
 
 def checkpoint_key(path):

@@ -7,7 +7,7 @@ sys.path.insert(0, str(Path(__file__).parent))  # the stages are flat top-level 
 
 # Tiny train_drl.py runs on `shapes` (2 steps) that the downstream stages' tests read; each is
 # trained once per test session, when a test first asks for it.
-TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8",
+TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "8",
         "--steps", "2", "--save-every", "2", "--log-every", "2", "--device", "cpu", "--probe-n", "0"]
 TINY_RUNS = {"vdrl2": ["--objective", "vdrl", "--latent-dim", "2"],
              "tc": ["--objective", "drl", "--time-cond", "--latent-dim", "4"],

@@ -187,17 +187,22 @@ class CudaGraphStep:
         self.graph = graph
 
 
+class WriteError(Exception):
+    """A file that could not be written (a full disk, say); the old file, if any, is left as it was."""
+
+
 def write_row(path, row):
     """Append one JSON line whole or not at all; returns the file's size before it, to take it back with
-    `unwrite_row`. A failed write (a full disk) is taken back and raises OSError."""
+    `unwrite_row`. A failed write (a full disk) is taken back and raises WriteError."""
     path = Path(path)
     size = path.stat().st_size if path.exists() else 0
     try:
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
-    except OSError:
+    except OSError as e:
         unwrite_row(path, size)
-        raise
+        raise WriteError(f"cannot write {path} ({e.strerror}); make room, then run the same command again to "
+                         f"resume from the last save") from None
     return size
 
 

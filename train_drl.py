@@ -34,9 +34,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from checkpoint import VERSION, CheckpointError, WriteError, build_nets, read_checkpoint, save_together
-from codes import encode_images
+from codes import probe_encoder
 from data import DataError, data_source, load_dataset
-from linear_probe import linear_probe, participation_ratio
 from runtime import (CudaGraphStep, RunFolderLock, StopRequest, autocast, drop_rows_after, end_world, exit_on,
                      pick_device, start_world, unwrite_row, world_agrees, write_row)
 from speed import benchmark
@@ -156,21 +155,6 @@ class Training:
             total = sum(self.compute_loss(self.emas, x0)[0].item() * len(x0) for x0 in self.eval_x0.split(250))
         return total / len(self.eval_x0)
 
-    @torch.no_grad()
-    def probe(self):
-        """Linear probe and effective dimension (participation ratio) of the EMA encoder's code."""
-        images, labels, test_images, test_labels = self.probe_data
-        encoder = self.emas["encoder"]
-        t = 0.5 if encoder.time_cond else None
-        train = encode_images(encoder, images, t, self.device)
-        test = encode_images(encoder, test_images, t, self.device)
-        acc, _ = linear_probe(train, labels, test, test_labels)
-        return dict(probe_linear=acc, probe_pr=participation_ratio(test))
-
-    def weights_finite(self):
-        return all(torch.isfinite(p).all() for m in (*self.nets.values(), *self.emas.values())
-                   for p in m.parameters())
-
     def save(self):
         """ckpt.pt and config.json together, whole or not at all (a full disk leaves both as they were)."""
         rng = {"torch": torch.get_rng_state(), "data": self.data_gen.get_state()}
@@ -289,7 +273,7 @@ def train(tr, out):
                 print(log_line(row, tr, budget), flush=True)
                 # the row goes first: a run killed before the checkpoint lands drops it on resume, and a
                 # save that fails takes it back, so stats.jsonl ends at the checkpoint's step
-                before = write_stats_row(out / "stats.jsonl", row)
+                before = write_row(out / "stats.jsonl", row)
                 if at_save:
                     try:
                         tr.save()
@@ -331,19 +315,12 @@ def interval_row(tr, sums, n_sum, t0, last_saved):
 def checked_eval(tr, n_sum, last_saved):
     """At a save: the eval loss and the linear probe, after checking that the weights are finite."""
     row = dict(eval_loss=tr.eval_loss())
-    if not (math.isfinite(row["eval_loss"]) and tr.weights_finite()):
+    weights = (p for m in (*tr.nets.values(), *tr.emas.values()) for p in m.parameters())
+    if not (math.isfinite(row["eval_loss"]) and all(torch.isfinite(p).all() for p in weights)):
         raise SystemExit(nan_message(row["eval_loss"], tr, n_sum, last_saved, where="weights"))
     if tr.args.probe_n and "encoder" in tr.emas:
-        row.update(tr.probe())
+        row.update(probe_encoder(tr.emas["encoder"], *tr.probe_data, tr.device))
     return row
-
-
-def write_stats_row(path, row):
-    try:
-        return write_row(path, row)
-    except OSError as e:
-        raise WriteError(f"cannot write {path} ({e.strerror}); make room, then run the same command again "
-                         f"to resume from the last save") from None
 
 
 def eta_seconds(tr, budget):

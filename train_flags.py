@@ -52,6 +52,18 @@ RESUME_MUST_MATCH = ("dataset", "objective", "enc_lr_mult", "t_sampling", "t_uni
 
 def parse_args(argv=None):
     p = Parser(description=DESCRIPTION, epilog=presets_help(), formatter_class=HelpFormatter)
+    add_recipe_flags(p)
+    add_run_flags(p)
+    preset = argparse.ArgumentParser(add_help=False)
+    preset.add_argument("--preset", choices=PRESETS, default="cpu")
+    p.set_defaults(**PRESETS[preset.parse_known_args(argv)[0].preset])  # before --help prints them
+    args = p.parse_args(argv)
+    check_args(p, args)
+    return args
+
+
+def add_recipe_flags(p):
+    """What a run learns: the objective, the code, the noise levels, the networks."""
     p.add_argument("--preset", choices=PRESETS, default="cpu",
                    help="cpu: minutes on a laptop; code: the same for a code alone (no samples); paper: the "
                         "papers' set-up, sized for a GPU. It sets every flag it names (below) unless passed")
@@ -94,7 +106,10 @@ def parse_args(argv=None):
     p.add_argument("--num-res-blocks", type=int, help="residual blocks per resolution")
     p.add_argument("--mid-attn", action=argparse.BooleanOptionalAction,
                    help="self-attention between the score net's two middle blocks")
-    # optimisation
+
+
+def add_run_flags(p):
+    """How a run trains: the budget, the optimiser, the device, the logs."""
     p.add_argument("--steps", type=int, help="optimiser steps")
     p.add_argument("--minutes", type=float, default=None,
                    help="stop (and save) after this many minutes of training: equal wall-clock budgets")
@@ -118,12 +133,6 @@ def parse_args(argv=None):
     p.add_argument("--probe-n", type=int,
                    help="at each save, linear-probe the EMA encoder on this many train and test images (0: off)")
     p.add_argument("--benchmark", type=int, default=0, metavar="N", help="time N steps, print images/s, exit")
-    preset = argparse.ArgumentParser(add_help=False)
-    preset.add_argument("--preset", choices=PRESETS, default="cpu")
-    p.set_defaults(**PRESETS[preset.parse_known_args(argv)[0].preset])  # before --help prints them
-    args = p.parse_args(argv)
-    check_args(p, args)
-    return args
 
 
 def check_args(p, args):

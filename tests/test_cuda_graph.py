@@ -5,7 +5,7 @@ import torch
 
 import train_drl
 
-TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "16",
+TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "16", "--eval-n", "16",
         "--log-every", "2", "--warmup", "2", "--probe-n", "0", "--latent-dim", "8"]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 

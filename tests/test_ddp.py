@@ -13,7 +13,7 @@ def worker(rank, port, out, result_dir):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     score_net, encoder = train_drl.main([
-        "--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8",
+        "--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "8",
         "--steps", "4", "--save-every", "4", "--log-every", "2", "--device", "cpu", "--out", out])
     torch.save({"score_net": score_net.state_dict(), "encoder": encoder.state_dict()}, f"{result_dir}/rank{rank}.pt")
 

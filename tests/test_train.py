@@ -9,7 +9,7 @@ import train_drl
 from checkpoint import CheckpointError, load_run
 from data import load_dataset
 
-TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8",
+TINY = ["--dataset", "shapes", "--preset", "cpu", "--ch", "8", "--batch-size", "8", "--eval-n", "16",
         "--log-every", "2", "--warmup", "2", "--device", "cpu", "--probe-n", "0"]
 
 
@@ -436,7 +436,8 @@ def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
     (["--t-sampling", "fixed", "--t-fixed", "2"], "--t-fixed must lie in"),
     (["--t-fixed", "0"], "--t-fixed must lie in"), (["--latent-dim", "0"], "--latent-dim must be a positive"),
     (["--lr", "nan"], "--lr must be a positive"), (["--save-every", "0"], "--save-every must be a positive"),
-    (["--sigma-min", "0"], "--sigma-min must be a positive"), (["--ema", "1"], "--ema must lie in (0, 1)"),
+    (["--eval-n", "0"], "--eval-n must be a positive"), (["--sigma-min", "0"], "--sigma-min must be a positive"),
+    (["--ema", "1"], "--ema must lie in (0, 1)"),
     (["--ch", "0"], "--ch must be a positive"), (["--minutes", "-1"], "--minutes must be a positive"),
     (["--ch-mult", "1,x"], "--ch-mult must be positive whole numbers"),
     (["--t-uniform-share", "1.5"], "--t-uniform-share must lie in [0, 1]"), (["--steps", "x"], "invalid int value")])
@@ -502,7 +503,8 @@ def test_every_flag_of_the_recipe_reaches_the_loss(tmp_path, flags):
         torch.manual_seed(1)
         loss, reg = tr.compute_loss(tr.nets, tr.next_batch())
         (loss + reg).backward()
-        results.append((loss.item(), reg.item(), sum(p.grad.abs().sum().item() for p in tr.nets["encoder"].parameters())))
+        grad = sum(p.grad.abs().sum().item() for p in tr.nets["encoder"].parameters())
+        results.append((loss.item(), reg.item(), grad))
     assert results[0] != results[1]
 
 
@@ -524,7 +526,7 @@ def test_the_code_preset_is_the_cpu_preset_with_one_noise_level(tmp_path, capsys
     assert {k for k in vars(cpu) if getattr(cpu, k) != getattr(code, k)} == {
         "preset", "ch", "t_sampling", "t_fixed", "t_uniform_share", "steps"}
     out = tmp_path / "code"
-    train_drl.main(["--dataset", "shapes", "--preset", "code", "--batch-size", "8", "--steps", "2",
+    train_drl.main(["--dataset", "shapes", "--preset", "code", "--batch-size", "8", "--eval-n", "8", "--steps", "2",
                     "--save-every", "2", "--log-every", "2", "--device", "cpu", "--probe-n", "0", "--out", str(out)])
     sample.main(["--ckpt", str(out / "ckpt.pt"), "--mode", "recon", "--steps", "1", "--n", "1", "--device", "cpu",
                  "--corrector-steps", "0", "--out", str(tmp_path / "samples")])
