@@ -142,7 +142,7 @@ def check_mode(args, ckpt, encoder):
         print("note: this run drew sigma uniformly in training, so its score net saw few noise levels below 1 "
               "and samples keep a grain; for samples train with --t-uniform-share or --t-sampling uniform")
     if run["t_sampling"] == "fixed" and not run["t_uniform_share"]:
-        print(f"note: this run's score net learned one noise level (t = {run['t_fixed']}, e.g. --preset code), "
+        print(f"note: this run's score net learned one noise level (t = {run['t_fixed']}, --t-uniform-share 0), "
               f"so the sampler's other levels are untrained and its samples are not images; for samples train "
               f"with the cpu preset")
     return latent

@@ -7,7 +7,6 @@ baselines (Fig. 4) train the same encoder another way: `ae` (a decoder reconstru
 NT-Xent loss, where the only augmentation is additive Gaussian pixel noise).
 
     python train_drl.py --dataset fashion_mnist               # the laptop preset: 15 minutes on 2 cores
-    python train_drl.py --dataset fashion_mnist --preset code # a code alone, the best one at 15 minutes
     python train_drl.py --dataset mnist --preset paper        # the paper's MNIST set-up (GPU-sized)
     python train_drl.py --dataset mnist --preset paper --cuda-graph --compile  # the same, 4.5x faster on CUDA
     python train_drl.py --dataset shapes --objective vdrl --latent-dim 2
@@ -77,7 +76,7 @@ class Training:
                                      fused=device.type in ("cuda", "cpu"))
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16" and device.type == "cuda")
         self.loss, self.loss_nets = make_loss(args, sigma_data)
-        self.step, self.train_seconds, self.progress, self.ema_weight = 0, 0.0, 0.0, 0.0
+        self.step, self.train_seconds, self.ema_weight = 0, 0.0, 0.0
         self.step_fn = self.make_step_fn()
 
     def next_batch(self):

@@ -1,4 +1,4 @@
-"""The flags of train_drl.py: the presets (cpu, code, paper), the parser, the checks, and the networks
+"""The flags of train_drl.py: the presets (cpu, paper), the parser, the checks, and the networks
 and loss the flags build.
 
 A preset is a complete recipe: every flag it names takes its value unless the user passes the flag,
@@ -25,11 +25,12 @@ DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
 T_SAMPLING = dict(uniform=t_uniform, sigma=t_sigma_uniform, fixed=t_fixed, lognormal=t_lognormal)
 # Presets. "paper" follows the papers (app. D, ICML workshop: 28x28x32 and 14x14x64, two residual
 # blocks, 80k steps; Adam 2e-4, 5k warm-up, EMA 0.999; lambda = sigma^2, t uniform, a 128-d code with
-# L1 1e-5). "cpu" learns codes and samples in 15 minutes on a 2-core CPU (RESULTS.md, 8000 steps there):
-# a 16-channel encoder beside an 8-channel score net without middle attention, EDM's preconditioning
-# and weighting, half the times sigma-uniform (high noise: the class) and half uniform in t (every
-# scale, for clean samples), the code also as a spatial map and layer-normalised, lr 1e-3 (the
-# encoder's 0.3 times that), a 256-d code (the autoencoder baseline gets the same encoder and code).
+# L1 1e-5). "cpu" learns a code and samples in 15 minutes on a 2-core CPU (RESULTS.md, 8000 steps there):
+# a 16-channel encoder beside an 8-channel score net without middle attention, EDM's preconditioning and
+# weighting; the code learns at one noise level, t = 0.4 (sigma 0.30), where denoising needs most of what
+# separates the classes, while 30% of the times are uniform in t and train the score net alone, for clean
+# samples; the code also as a spatial map and layer-normalised, lr 1e-3 (the encoder's 0.3 times that),
+# a 256-d code (the autoencoder baseline gets the same encoder and code).
 PRESETS = {
     "paper": dict(ch=32, enc_ch=32, ch_mult="1,2", num_res_blocks=2, mid_attn=True, batch_size=128, steps=80_000,
                   warmup=5000, lr=2e-4, enc_lr_mult=1.0, ema=0.999, precond="paper", weighting="paper",
@@ -37,13 +38,9 @@ PRESETS = {
                   latent_norm=False, code_map=False, l1=1e-5, kl=1e-5, log_every=100, save_every=5000, probe_n=0),
     "cpu": dict(ch=8, enc_ch=16, ch_mult="1,2", num_res_blocks=1, mid_attn=False, batch_size=64, steps=8000,
                 warmup=200, lr=1e-3, enc_lr_mult=0.3, ema=0.995, precond="edm", weighting="edm",
-                t_sampling="sigma", t_fixed=0.5, t_uniform_share=0.5, share_trains="both", latent_dim=256,
+                t_sampling="fixed", t_fixed=0.4, t_uniform_share=0.3, share_trains="score-net", latent_dim=256,
                 latent_norm=True, code_map=True, l1=0.0, kl=1e-5, log_every=100, save_every=2000, probe_n=5000),
 }
-# "code": the cpu preset for a code alone (no samples: its score net learns one noise level). A 4-channel
-# score net and one noise level, t = 0.4 (sigma 0.30): the best code of RESULTS.md at 15 minutes. Its step
-# makes 1.36x the cpu preset's images/s on 2 threads, so 15 minutes there are 11,000 steps.
-PRESETS["code"] = {**PRESETS["cpu"], **dict(ch=4, t_sampling="fixed", t_fixed=0.4, t_uniform_share=0.0, steps=11000)}
 MIN_NORM_DIM = 8  # a layer norm over D dims leaves D - 1 of them: over 1 it maps every code to 0, over 2 to ±(1, -1)
 # flags that define what a run learns: resuming with another value would train a different run
 RESUME_MUST_MATCH = ("dataset", "objective", "enc_lr_mult", "t_sampling", "t_uniform_share", "share_trains", "t_fixed",
@@ -65,8 +62,8 @@ def parse_args(argv=None):
 def add_recipe_flags(p):
     """What a run learns: the objective, the code, the noise levels, the networks."""
     p.add_argument("--preset", choices=PRESETS, default="cpu",
-                   help="cpu: minutes on a laptop; code: the same for a code alone (no samples); paper: the "
-                        "papers' set-up, sized for a GPU. It sets every flag it names (below) unless passed")
+                   help="cpu: minutes on a laptop; paper: the papers' set-up, sized for a GPU. It sets every "
+                        "flag it names (below) unless passed")
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="the training images")
     p.add_argument("--data-dir", default=None, help="where the data set is; default ./data, then the system's "
                                                      "copy (/usr/share/datasets), then a download into ./data")

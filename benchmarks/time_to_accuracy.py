@@ -1,6 +1,6 @@
 """Time to accuracy: the probe curves of several runs on one plot, accuracy against training minutes.
 
-    python benchmarks/time_to_accuracy.py runs/cpu/w-s0 runs/cpu/ae60 --out assets/time_to_accuracy.png
+    python benchmarks/time_to_accuracy.py runs/cpu/w-s0 runs/cpu/ae60 --out time_to_accuracy.png
 
 Reads each run folder's stats.jsonl (train_drl.py with --probe-n N writes, at every save, the linear
 probe of the EMA encoder and the code's participation ratio) and draws both against the minutes of

@@ -59,7 +59,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_resume_with_other_networks_is_refused(tmp_path):
     out = run(tmp_path, "r", "--steps", "2", "--save-every", "2")
     for other, says in ((["--ch", "16"], "the networks differ"), (["--objective", "vdrl"], "--objective vdrl"),
-                        (["--t-sampling", "uniform"], r"--t-sampling uniform \(saved: sigma\)")):
+                        (["--t-sampling", "uniform"], r"--t-sampling uniform \(saved: fixed\)")):
         with pytest.raises(SystemExit, match="holds another run.*" + says):
             train_drl.main(TINY + ["--out", str(out), "--steps", "4", *other])
 
@@ -490,13 +490,13 @@ def test_progress_by_time_with_eta_and_a_cpu_hours_note(tmp_path, monkeypatch, c
 
 
 @pytest.mark.parametrize("flags", [["--weighting", "paper"], ["--t-fixed", "0.6"], ["--l1", "0.5"],
-                                   ["--t-uniform-share", "0.5"], ["--share-trains", "score-net"]])
+                                   ["--t-uniform-share", "0.5"], ["--share-trains", "both"]])
 def test_every_flag_of_the_recipe_reaches_the_loss(tmp_path, flags):
     """The same nets, batch and seed: each flag of the recipe changes the loss, its regulariser or its
     gradients that train_drl.py computes, or it would be silently ignored (mutants of make_loss)."""
     results = []
     for extra in ([], flags):
-        args = train_drl.parse_args(TINY + ["--preset", "code", "--t-uniform-share", "0.3", *extra])
+        args = train_drl.parse_args(TINY + ["--ch", "4", *extra])
         torch.manual_seed(0)
         tr = train_drl.Training(args, tmp_path, torch.device("cpu"))
         tr.train_step(tr.next_batch())  # past the zero-initialised output layer
@@ -518,16 +518,14 @@ def test_ema_update_records_no_autograd_history():
         assert all(p.grad_fn is None and not p.requires_grad for p in ema.parameters())
 
 
-def test_the_code_preset_is_the_cpu_preset_with_one_noise_level(tmp_path, capsys):
-    """--preset code: a 4-channel score net trained at t = 0.4 only; sample.py says its samples are not images."""
+def test_the_cpu_preset_codes_at_t_0_4_and_the_sampler_notes_one_level(tmp_path, capsys):
+    """The cpu preset trains the code at t = 0.4 and the score net also at uniform t (30%, score net only);
+    with no uniform share the score net learns one level, and sample.py says its samples are not images."""
     import sample
-    code, cpu = (train_drl.parse_args(["--preset", name]) for name in ("code", "cpu"))
-    assert (code.ch, code.t_sampling, code.t_fixed, code.t_uniform_share) == (4, "fixed", 0.4, 0.0)
-    assert {k for k in vars(cpu) if getattr(cpu, k) != getattr(code, k)} == {
-        "preset", "ch", "t_sampling", "t_fixed", "t_uniform_share", "steps"}
-    out = tmp_path / "code"
-    train_drl.main(["--dataset", "shapes", "--preset", "code", "--batch-size", "8", "--eval-n", "8", "--steps", "2",
-                    "--save-every", "2", "--log-every", "2", "--device", "cpu", "--probe-n", "0", "--out", str(out)])
+    cpu = train_drl.parse_args(["--preset", "cpu"])
+    assert (cpu.t_sampling, cpu.t_fixed, cpu.t_uniform_share, cpu.share_trains) == ("fixed", 0.4, 0.3, "score-net")
+    out = tmp_path / "one-level"
+    train_drl.main(TINY + ["--t-uniform-share", "0", "--steps", "2", "--save-every", "2", "--out", str(out)])
     sample.main(["--ckpt", str(out / "ckpt.pt"), "--mode", "recon", "--steps", "1", "--n", "1", "--device", "cpu",
                  "--corrector-steps", "0", "--out", str(tmp_path / "samples")])
     assert "one noise level (t = 0.4" in capsys.readouterr().out
