@@ -182,8 +182,8 @@ def net_config(args, sigma_data):
 def make_loss(args, sigma_data):
     """The objective as an object of explicit parameters, and the networks it is called with in order."""
     if args.objective in DIFFUSION:
-        kw = dict(t=args.t_fixed) if args.t_sampling == "fixed" else (
-            dict(p_mean=args.p_mean, p_std=args.p_std) if args.t_sampling == "lognormal" else {})
+        kw = dict(fixed=dict(t=args.t_fixed), lognormal=dict(p_mean=args.p_mean, p_std=args.p_std))
+        kw = kw.get(args.t_sampling, {})  # the keyword arguments of the mode's sampler
         loss = DRLLoss(VESDE(args.sigma_min, args.sigma_max), partial(T_SAMPLING[args.t_sampling], **kw),
                        uniform_share=args.t_uniform_share, share_trains_encoder=args.share_trains == "both",
                        weighting=args.weighting, sigma_data=sigma_data, l1=args.l1, kl=args.kl)

@@ -141,7 +141,6 @@ class UNet(nn.Module):
     def __init__(self, in_ch=1, image_size=28, ch=32, ch_mult=(1, 2, 2), num_res_blocks=2, attn_res=(),
                  latent_dim=0, latent_norm=False, code_map=False, mid_attn=True, fourier_scale=16.0):
         super().__init__()
-        self.latent_dim = latent_dim
         self.latent_norm = nn.LayerNorm(latent_dim, elementwise_affine=False) if latent_dim and latent_norm else None
         emb = 4 * ch  # the conditioning vector that every FiLM layer reads
         self.noise_embed = NoiseEmbedding(emb, fourier_scale)
