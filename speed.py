@@ -30,14 +30,13 @@ def benchmark(tr, n_steps):
         torch.cuda.reset_peak_memory_stats()
     step, half = seconds_per_step(full), seconds_per_step(max(1, full // 2))
     tr.batch = full
-    fixed = max(0.0, 2 * half - step)  # the intercept of the line through (B/2, half) and (B, step)
+    fixed, bound = what_bounds(step, half)
     ips = full * tr.world / step
     flops = count_step_flops(lambda x0: tr.compute_loss(tr.train_nets, x0), tr.next_batch()) / tr.batch
     n_params = sum(p.numel() for p in tr.params)
     mem = f", peak memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if device.type == "cuda" else ""
     peak = peak_bf16_flops(device)
     mfu = f", MFU {flops * ips / tr.world / peak:.1%} of {peak / 1e12:.0f} TFLOP/s bf16" if peak else ""
-    bound = "launch-bound (fixed cost per step)" if fixed > 0.5 * step else "work-bound (arithmetic or memory)"
     if tr.rank == 0:
         print(f"benchmark: {args.objective} {n_params / 1e6:.2f}M params, batch {args.batch_size}, "
               f"{tr.world} process(es), amp {args.amp}, compile {args.compile}, {device}: {ips:.1f} images/s, "
@@ -45,6 +44,14 @@ def benchmark(tr, n_steps):
         print(f"bound: {bound}: {1e3 * step:.1f} ms per step at batch {full}, {1e3 * half:.1f} ms at {full // 2}, "
               f"so {1e3 * fixed:.1f} ms fixed ({fixed / step:.0%} of the step) and "
               f"{1e3 * (step - fixed) / full:.3f} ms per image")
+
+
+def what_bounds(step, half):
+    """From the seconds of a step at batch B and at B / 2: the fixed seconds per step (the intercept of the
+    line through (B / 2, half) and (B, step)) and what bounds the step: launches and Python when that
+    fixed part is over half the step, else the work itself."""
+    fixed = max(0.0, 2 * half - step)
+    return fixed, ("launch-bound (fixed cost per step)" if fixed > 0.5 * step else "work-bound (arithmetic or memory)")
 
 
 def peak_bf16_flops(device):

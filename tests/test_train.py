@@ -157,11 +157,26 @@ def test_benchmark_prints_images_per_second(capsys):
 @pytest.mark.parametrize("cost,says", [(lambda batch: 0.02, "launch-bound"),
                                        (lambda batch: 0.0025 * batch, "work-bound")])
 def test_benchmark_says_what_bounds_the_step(monkeypatch, capsys, cost, says):
-    """A step whose time does not grow with the batch is launch-bound; one that doubles with it is not."""
-    import time
-    monkeypatch.setattr(train_drl.Training, "train_step", lambda self, x0: time.sleep(cost(len(x0))))
+    """A step whose time does not grow with the batch is launch-bound; one that doubles with it is not.
+    The steps' times are injected through a fake clock: the verdict never depends on this machine's load."""
+    import speed
+    clock = [0.0]
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(train_drl.Training, "train_step",
+                        lambda self, x0: clock.__setitem__(0, clock[0] + cost(len(x0))))
     train_drl.main(TINY + ["--benchmark", "3"])
-    assert f"bound: {says}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"bound: {says}" in out
+    fixed_ms = {"launch-bound": 20.0, "work-bound": 0.0}[says]  # the intercept of the injected line
+    assert f"so {fixed_ms:.1f} ms fixed" in out
+
+
+@pytest.mark.parametrize("step,half,says", [(0.020, 0.019, "launch"), (0.020, 0.010, "work"),
+                                            (0.020, 0.016, "launch"), (0.020, 0.014, "work")])
+def test_what_bounds_reads_the_intercept(step, half, says):
+    from speed import what_bounds
+    fixed, bound = what_bounds(step, half)
+    assert fixed == pytest.approx(max(0.0, 2 * half - step)) and bound.startswith(says)
 
 
 def test_cpu_step_benchmark_times_the_rows_it_is_given(capsys):
