@@ -7,6 +7,7 @@ arguments), the networks and their EMA copies, the optimiser, the AMP scaler and
 downstream stages' codes are encoded here too, and cached per (checkpoint, t, images).
 """
 import io
+import json
 import os
 import shutil
 import warnings
@@ -120,7 +121,27 @@ def read_checkpoint(path):
     if ckpt.get("version") != VERSION:
         raise CheckpointError(f"{path}: written by an older train_drl.py (checkpoint version {ckpt.get('version')}, "
                               f"this code reads {VERSION}); train it again, or check out the commit that wrote it")
+    config = ckpt.get("config")
+    needed = ["args", "config", "step"] + [f"ema_{k}" for k in NETS if isinstance(config, dict) and config.get(k)]
+    missing = [k for k in needed if not isinstance(ckpt.get(k), dict if k != "step" else int)]
+    if missing or not isinstance(config, dict):
+        raise CheckpointError(f"{path}: a damaged checkpoint (no {', '.join(missing or ['config'])}); pass a ckpt.pt "
+                              f"written by train_drl.py, or delete it to start afresh")
     return ckpt
+
+
+def export_ema(src, dst):
+    """The EMA networks of a run alone, with their constructor arguments and flags: everything sample.py,
+    probe.py, trajectory_clf.py and semisup.py read, in a few MB (no optimiser, RNG or raw weights, so it
+    cannot be resumed). config.json is written beside it.
+
+        python checkpoint.py runs/fashion_mnist-drl/ckpt.pt pretrained/fashion_mnist-drl/ckpt.pt"""
+    ckpt, dst = read_checkpoint(src), Path(dst)
+    slim = {k: ckpt[k] for k in ("kind", "version", "step", "train_seconds", "args", "config")}
+    slim.update({k: v for k, v in ckpt.items() if k.startswith("ema_")}, weights_only=True)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_together({dst: slim, dst.with_name("config.json"): json.dumps(
+        dict(args=ckpt["args"], nets=ckpt["config"], exported_from=str(src)), indent=2)})
 
 
 def load_run(path, device="cpu", ema=True):
@@ -128,6 +149,8 @@ def load_run(path, device="cpu", ema=True):
     eval mode on `device`, EMA weights unless ema=False (score_net is None for the AE, VAE and SimCLR
     baselines, encoder None for a plain score model)."""
     ckpt = read_checkpoint(path)
+    if not ema and ckpt.get("weights_only"):
+        raise CheckpointError(f"{path} holds the EMA weights alone (exported); leave out --no-ema")
     nets = build_nets(ckpt["config"])
     for name, net in nets.items():
         net.load_state_dict(ckpt[("ema_" if ema else "") + name])
@@ -140,3 +163,14 @@ def run_name(path):
     """A short name that identifies a checkpoint: its folder, plus the file's stem unless it is ckpt.pt."""
     path = Path(path)
     return path.resolve().parent.name + ("" if path.name == "ckpt.pt" else f"-{path.stem}")
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) != 3:
+        raise SystemExit("usage: python checkpoint.py RUN/ckpt.pt OUT/ckpt.pt   (export a run's EMA weights alone)")
+    try:
+        export_ema(*sys.argv[1:])
+    except (CheckpointError, WriteError) as e:
+        raise SystemExit(f"error: {e}") from None
+    print(f"wrote {sys.argv[2]} and its config.json")

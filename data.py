@@ -4,7 +4,9 @@ Data sets come back whole as uint8 tensors (N, C, H, W) with int64 labels: MNIST
 memory (and on a GPU), so training indexes random batches with no DataLoader workers.
 """
 import gzip
+import math
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +25,27 @@ class DataError(Exception):
     """A data set that cannot be had; its message says where we looked and what to do."""
 
 
-def read_idx(path):
-    """Read an IDX file (plain or .gz) into a numpy array."""
-    with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
-        _, dtype, ndim = struct.unpack(">HBB", f.read(4))
-        if dtype != 0x08:
-            raise DataError(f"{path}: IDX type {dtype:#x} is not unsigned bytes")
-        shape = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
-        return np.frombuffer(f.read(), dtype=np.uint8).reshape(shape)
+def read_idx(path, ndim):
+    """Read an IDX file of unsigned bytes with `ndim` dimensions (plain or .gz) into a numpy array. A file
+    that is not one, or holds fewer or more bytes than its header promises, raises DataError."""
+    redo = "download it again, or reinstall the package it came from (apt-get install --reinstall dataset-fashion-mnist)"
+    try:
+        with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
+            header = f.read(4)
+            if len(header) == 4:
+                zero, dtype, dims = struct.unpack(">HBB", header)
+                if zero != 0 or dtype != 0x08 or dims != ndim:
+                    raise DataError(f"{path}: not an IDX file of {ndim}-d unsigned bytes (header {header.hex()}); {redo}")
+                header = f.read(4 * ndim)
+            if len(header) != 4 * ndim:
+                raise DataError(f"{path}: cut short inside its header; {redo}")
+            shape = struct.unpack(">" + "I" * ndim, header)
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot be read ({type(e).__name__}: damaged or cut short); {redo}") from None
+    if len(data) != math.prod(shape):
+        raise DataError(f"{path}: its header promises {math.prod(shape)} bytes of data and it holds {len(data)}; {redo}")
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def find_idx(folder, stem):
@@ -127,7 +142,10 @@ def load_dataset(name, data_dir=None, train=True):
     if name in ("mnist", "fashion_mnist"):
         paths = idx_paths(name, data_dir, train)
         if paths:
-            images, labels = (torch.from_numpy(read_idx(p).copy()) for p in paths)
+            images, labels = (torch.from_numpy(read_idx(p, ndim).copy()) for p, ndim in zip(paths, (3, 1)))
+            if len(images) != len(labels):
+                raise DataError(f"{paths[0]} holds {len(images)} images and {paths[1]} {len(labels)} labels; download "
+                                f"the pair again, or reinstall the package it came from")
             return images[:, None], labels.long()
     if name not in DATASETS:
         raise DataError(f"unknown data set {name!r}: choose one of {', '.join(DATASETS)}")

@@ -128,12 +128,13 @@ def distance_along_t(codes, reference):
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", nargs="+", required=True, help="train_drl.py checkpoints with an encoder")
     p.add_argument("--out", default="probes", help="folder of probe.json, its figure and the cached codes")
     p.add_argument("--ts", default=",".join(f"{i / 10:g}" for i in range(11)), help="times for E(x0, t)")
     p.add_argument("--max-train", type=int, default=None,
-                   help="use the first this many training images (as train_drl.py --probe-n does)")
+                   help="use the first this many training images (as train_drl.py --probe-n does; "
+                        "trajectory_clf.py and semisup.py draw theirs at random)")
     p.add_argument("--max-test", type=int, default=None, help="use the first this many test images")
     p.add_argument("--silhouette-n", type=int, default=5000, help="test codes in the silhouette")
     p.add_argument("--knn", type=int, default=10, help="k of the k-NN probe")

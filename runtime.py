@@ -221,8 +221,25 @@ def drop_rows_after(path, step):
         path.write_text("".join(r + "\n" for r in rows))
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help shows each flag's default where it has one (not after a required flag, not "None") and keeps
+    the description's and epilog's lines as written."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.required or action.default in (None, argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        if action.option_strings and action.nargs != 0 or isinstance(action.default, bool):
+            return text + " (default: %(default)s)"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse whose error is one line (the usage block is what --help is for)."""
+    """argparse whose error is one line (the usage block is what --help is for), and whose --help shows
+    the defaults (HelpFormatter)."""
+
+    def __init__(self, *args, formatter_class=HelpFormatter, **kwargs):
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -37,10 +37,13 @@ from samplers import PREDICTORS, heun_sample, pc_sample
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="a train_drl.py run with a score net")
-    p.add_argument("--mode", choices=MODES, default="recon", help="what to sample (the examples above)")
-    p.add_argument("--out", default="samples", help="folder of the images and info.json")
+    p.add_argument("--mode", choices=MODES, default="recon",
+                   help="recon: samples from test images' codes; swap: denoise A with B's code; diversity: many "
+                        "samples of one code; grid: a grid over a 2-d code; prior: z ~ N(0, I) (vdrl); uncond: "
+                        "no code (--objective score)")
+    p.add_argument("--out", default="samples", help="folder of MODE.png and MODE.json")
     p.add_argument("--n", type=int, default=8,
                    help="recon, swap: source images; diversity: samples; grid, prior, uncond: images per side")
     p.add_argument("--per-code", type=int, default=4, help="samples per code in recon mode")

@@ -207,7 +207,7 @@ def balanced_subset(labels, n, seed):
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", default=None, help="train_drl.py run: its encoder (--init drl) or architecture")
     p.add_argument("--init", choices=["drl", "random"], default="drl", help="start from the run's encoder, or fresh")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's; needed without --ckpt")
@@ -231,9 +231,10 @@ def parse_args(argv=None):
     p.add_argument("--labeled-batch", type=int, default=32, help="labelled images in each pseudo-label batch")
     p.add_argument("--lr", type=float, default=0.03, help="SGD (Nesterov) learning rate, cosine schedule")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="SGD weight decay")
-    p.add_argument("--max-train", type=int, default=None, help="use this many training images (random)")
+    p.add_argument("--max-train", type=int, default=None,
+                   help="use this many training images, drawn at random with --seed (probe.py takes the first N)")
     p.add_argument("--max-test", type=int, default=None, help="use the first this many test images")
-    p.add_argument("--out", default="semisup", help="folder of classifier.pt and result.json")
+    p.add_argument("--out", default="semisup", help="folder of log.jsonl, result.json and classifier.pt")
     p.add_argument("--data-dir", default=None, help="default: the run's --data-dir")
     p.add_argument("--device", default=None, help="cpu, cuda or mps; default cuda, then mps, then cpu")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and batches")

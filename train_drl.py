@@ -172,6 +172,9 @@ class Training:
     def resume(self):
         """Continue from ckpt.pt: weights, optimiser, RNG and step, so the run goes on as if unbroken."""
         ckpt = read_checkpoint(self.ckpt_path)
+        if ckpt.get("weights_only"):
+            raise CheckpointError(f"{self.ckpt_path} holds a run's EMA weights alone (exported by checkpoint.py): it "
+                                  f"cannot be resumed; pass another --out")
         differ = [f"--{k.replace('_', '-')} {getattr(self.args, k)} (saved: {ckpt['args'][k]})"
                   for k in RESUME_MUST_MATCH if ckpt["args"][k] != getattr(self.args, k)]
         if differ or ckpt["config"] != self.config:

@@ -25,7 +25,7 @@ DIFFUSION = ("drl", "vdrl", "score")  # the objectives with a score net
 T_SAMPLING = dict(uniform=t_uniform, sigma=t_sigma_uniform, fixed=t_fixed, lognormal=t_lognormal)
 # Presets. "paper" follows the papers (app. D, ICML workshop: 28x28x32 and 14x14x64, two residual
 # blocks, 80k steps; Adam 2e-4, 5k warm-up, EMA 0.999; lambda = sigma^2, t uniform, a 128-d code with
-# L1 1e-5). "cpu" learns a code and samples in 15 minutes on a 2-core CPU (RESULTS.md, 8000 steps there):
+# L1 1e-5). "cpu" learns a code and samples in 15 one-core minutes (5470 steps; RESULTS.md's budget):
 # a 16-channel encoder beside an 8-channel score net without middle attention, EDM's preconditioning and
 # weighting; the code learns at one noise level, t = 0.4 (sigma 0.30), where denoising needs most of what
 # separates the classes, while 30% of the times are uniform in t and train the score net alone, for clean
@@ -34,11 +34,11 @@ T_SAMPLING = dict(uniform=t_uniform, sigma=t_sigma_uniform, fixed=t_fixed, logno
 PRESETS = {
     "paper": dict(ch=32, enc_ch=32, ch_mult="1,2", num_res_blocks=2, mid_attn=True, batch_size=128, steps=80_000,
                   warmup=5000, lr=2e-4, enc_lr_mult=1.0, ema=0.999, precond="paper", weighting="paper",
-                  t_sampling="uniform", t_fixed=0.5, t_uniform_share=0.0, share_trains="both", latent_dim=128,
+                  t_sampling="uniform", t_uniform_share=0.0, share_trains="both", latent_dim=128,
                   latent_norm=False, code_map=False, l1=1e-5, kl=1e-5, log_every=100, save_every=5000, probe_n=0),
-    "cpu": dict(ch=8, enc_ch=16, ch_mult="1,2", num_res_blocks=1, mid_attn=False, batch_size=64, steps=8000,
+    "cpu": dict(ch=8, enc_ch=16, ch_mult="1,2", num_res_blocks=1, mid_attn=False, batch_size=64, steps=5470,
                 warmup=200, lr=1e-3, enc_lr_mult=0.3, ema=0.995, precond="edm", weighting="edm",
-                t_sampling="fixed", t_fixed=0.4, t_uniform_share=0.3, share_trains="score-net", latent_dim=256,
+                t_sampling="fixed", t_uniform_share=0.3, share_trains="score-net", latent_dim=256,
                 latent_norm=True, code_map=True, l1=0.0, kl=1e-5, log_every=100, save_every=2000, probe_n=5000),
 }
 MIN_NORM_DIM = 8  # a layer norm over D dims leaves D - 1 of them: over 1 it maps every code to 0, over 2 to ±(1, -1)
@@ -48,7 +48,7 @@ RESUME_MUST_MATCH = ("dataset", "objective", "enc_lr_mult", "t_sampling", "t_uni
 
 
 def parse_args(argv=None):
-    p = Parser(description=DESCRIPTION, epilog=presets_help(), formatter_class=HelpFormatter)
+    p = Parser(description=DESCRIPTION, epilog=presets_help())
     add_recipe_flags(p)
     add_run_flags(p)
     preset = argparse.ArgumentParser(add_help=False)
@@ -75,15 +75,18 @@ def add_recipe_flags(p):
     # the code, and how the score net reads it
     p.add_argument("--latent-dim", type=int, help="dimensions of the code z")
     p.add_argument("--latent-norm", action=argparse.BooleanOptionalAction,
-                   help=f"layer-normalise z before the score net reads it (never a code under {MIN_NORM_DIM} dims)")
+                   help=f"layer-normalise z before the score net reads it (codes of fewer than {MIN_NORM_DIM} "
+                        "dimensions are read as they are: a norm over so few would erase them)")
     p.add_argument("--code-map", action=argparse.BooleanOptionalAction,
                    help="also add z to the score net as a coarse spatial map (beyond the papers)")
     p.add_argument("--l1", type=float, help="drl: weight of the L1 norm of z")
-    p.add_argument("--kl", type=float, help="vdrl: weight of the code's KL to N(0, I), eq. 8 (vae: the ELBO's 1)")
+    p.add_argument("--kl", type=float,
+                   help="vdrl: weight of the code's KL to N(0, I), eq. 8 (the vae baseline always weighs it 1, "
+                        "as the ELBO does)")
     # the noise levels: what the code encodes (granularity control) and what the score net learns
     p.add_argument("--t-sampling", choices=T_SAMPLING,
                    help="training times: uniform in t, sigma uniform, one fixed t, or EDM's log-normal sigma")
-    p.add_argument("--t-fixed", type=float, help="--t-sampling fixed: the one time")
+    p.add_argument("--t-fixed", type=float, default=0.4, help="--t-sampling fixed: the one time")
     p.add_argument("--p-mean", type=float, default=-1.2, help="--t-sampling lognormal: mean of ln sigma")
     p.add_argument("--p-std", type=float, default=1.2, help="--t-sampling lognormal: std of ln sigma")
     p.add_argument("--t-uniform-share", type=float,
@@ -92,8 +95,11 @@ def add_recipe_flags(p):
     p.add_argument("--share-trains", choices=["both", "score-net"],
                    help="what the --t-uniform-share draws train: both networks, or the score net only (the code "
                         "then learns from --t-sampling's draws alone)")
-    p.add_argument("--precond", choices=["paper", "edm"], help="score = F / std (paper) or EDM's denoiser")
-    p.add_argument("--weighting", choices=["paper", "edm"], help="lambda = sigma^2 (paper) or EDM's")
+    p.add_argument("--precond", choices=["paper", "edm"],
+                   help="how the U-Net's output F becomes a score: paper, F predicts the noise and score = F / std; "
+                        "edm, EDM's denoiser D = c_skip x + c_out F and score = (D - x) / std^2 (unet.ScoreNet)")
+    p.add_argument("--weighting", choices=["paper", "edm"],
+                   help="lambda(t) of the loss: paper, sigma^2; edm, EDM's, constant per x_0 error at high noise")
     p.add_argument("--sigma-min", type=float, default=0.01, help="the VE SDE's sigma(0)")
     p.add_argument("--sigma-max", type=float, default=50.0, help="the VE SDE's sigma(1)")
     # the networks
@@ -191,10 +197,6 @@ def make_loss(args, sigma_data):
     if args.objective in ("ae", "vae"):
         return AutoencoderLoss(kl=1.0), ("encoder", "decoder")
     return SimCLRGaussLoss(aug_std=0.3, temperature=0.5), ("encoder", "projector")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help shows every default (the preset's where it sets the flag) and keeps the epilog's lines."""
 
 
 def presets_help():

@@ -244,15 +244,17 @@ def nmi_matrix(x, steps=2000, lr=1e-4, log=print):
 # ---- the stage ----
 
 def parse_args(argv=None):
-    p = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", required=True, help="a train_drl.py run with a time-conditioned encoder (--time-cond)")
-    p.add_argument("--out", default="trajectory", help="folder of result.json and its figures")
+    p.add_argument("--out", default="trajectory",
+                   help="folder of trajectory.json, accuracy.png, attention.png (and nmi.png)")
     p.add_argument("--points", type=int, default=11, help="K points t = 0, 1/(K-1), ..., 1")
     p.add_argument("--epochs", type=int, default=30, help="per model and seed (the paper: 100)")
     p.add_argument("--lrs", default="1e-3,2.5e-4", help="learning rates tried on the validation split")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per model")
     p.add_argument("--val-frac", type=float, default=0.1, help="of the training images, for model selection")
-    p.add_argument("--max-train", type=int, default=None, help="use this many training images (random)")
+    p.add_argument("--max-train", type=int, default=None,
+                   help="use this many training images, drawn at random with --seed (probe.py takes the first N)")
     p.add_argument("--max-test", type=int, default=None, help="use the first this many test images")
     p.add_argument("--models", default=None, help="comma list of mlp@K, concat, gru, transformer (default: all)")
     p.add_argument("--nmi", action="store_true", help="also the MINE mutual-information map")

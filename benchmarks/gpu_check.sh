@@ -1,6 +1,6 @@
 #!/bin/bash
-# One call on a lent GPU: the CUDA-graph tests, the speed table (ours eager and graphed, the peer in the
-# same call), then the `paper` preset on Fashion-MNIST for what is left of LIMIT seconds (its full
+# The GPU checks in one script, within LIMIT seconds: the CUDA-graph tests, the speed table (ours eager
+# and graphed, the peer beside it), then the `paper` preset on Fashion-MNIST for what is left of LIMIT seconds (its full
 # 80k steps if the step is fast enough). Everything is logged to $OUT/log.txt; the run's stats and its
 # EMA weights (no optimiser state, under 16 MB) come back as $OUT/stats.jsonl, $OUT/paper.log and
 # $OUT/paper_ema.pt.

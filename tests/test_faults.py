@@ -1,4 +1,4 @@
-"""Every bad input gets one line that says what to do, before any work starts (issue: every fault)."""
+"""Every bad input gets one line that says what to do, before any work starts, and leaves nothing behind."""
 import pytest
 
 import probe

@@ -424,7 +424,7 @@ def test_help_shows_every_default_and_what_the_presets_set(capsys):
 
 
 def test_blow_up_after_a_good_save_keeps_the_good_checkpoint(tmp_path):
-    """The issue's reproduction: lr 1e2 blows the weights up within a few steps."""
+    """A run that diverges: lr 1e2 blows the weights up within a few steps."""
     out = tmp_path / "blow"
     with pytest.raises(SystemExit, match="became nan|became inf") as e:
         train_drl.main(TINY + ["--out", str(out), "--warmup", "1", "--save-every", "2", "--lr", "1e2",
