@@ -17,7 +17,7 @@ import torch
 
 from baselines import Decoder, Projector
 from encoder import Encoder
-from runtime import WriteError
+from runtime import WriteError, temp_path
 from sde import VESDE
 from unet import ScoreNet, UNet
 
@@ -52,12 +52,12 @@ def save_together(files):
         for path, obj in files.items():
             path = Path(path)
             data = obj.encode() if isinstance(obj, str) else obj if isinstance(obj, bytes) else to_bytes(obj)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp = temp_path(path)
             staged.append((tmp, path))
+            free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0  # before the attempt
             try:
                 tmp.write_bytes(data)
             except OSError as e:
-                free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0
                 raise WriteError(f"cannot write {path} ({e.strerror}): it needs {megabytes(len(data))} and "
                                  f"{megabytes(free)} are free there; make room or pass another folder, then run "
                                  f"the same command again") from None

@@ -9,7 +9,7 @@ import torch
 from checkpoint import WriteError, save_atomic
 from encoder import encode
 from linear_probe import linear_probe, participation_ratio
-from runtime import autocast
+from runtime import autocast, remove_stale_temps
 
 
 @torch.no_grad()
@@ -41,8 +41,13 @@ def checkpoint_key(path):
 def cached_codes(cache, key, make):
     """make() once per key; later runs load the codes from cache/KEY_HASH.pt."""
     path = Path(cache) / (hashlib.sha1(key.encode()).hexdigest()[:16] + ".pt")
+    if path.parent.is_dir():
+        remove_stale_temps(path.parent)  # a cache write cut short by Ctrl-C or a kill
     if path.exists():
-        return torch.load(path, weights_only=True)
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # a damaged cache file: encode again and write it anew
+            path.unlink(missing_ok=True)
     codes = make().cpu()
     try:  # a cache that cannot be written (a full disk) costs time next run, not this run
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ stopping on a signal, one run per folder, its stats rows, torchrun's processes. 
     check_numbers(parser, args, positive=("steps",))  # argparse-style line for a bad number
     out = prepare_out(args.out)                 # the output folder exists and is writable before any work
     lock = RunFolderLock(out)                   # one run per folder
-    step_fn = CudaGraphStep(update, device)     # a training step captured once, replayed after
+    step_fn = CudaGraphStep(update, device, opt)  # a training step captured once, replayed after
 """
 import argparse
 import fcntl
@@ -63,11 +63,17 @@ def exit_on(*errors):
         raise SystemExit(f"error: {e}") from None
 
 
+SEED_MAX = 2 ** 63 - 1  # what every seed of torch.manual_seed and torch.Generator takes
+
+
 def check_numbers(parser, args, positive=(), non_negative=(), in_unit=()):
     """argparse-style one-line errors for numeric flags: `positive` > 0, `non_negative` >= 0, `in_unit`
-    in (0, 1]; NaN and infinity fail every check. Flags left at None are skipped."""
+    in (0, 1], and --seed (--label-seed) in [0, 2^63 - 1]; NaN and infinity fail every check. Flags left at
+    None are skipped."""
     rules = [(positive, lambda v: v > 0, "a positive number"), (non_negative, lambda v: v >= 0, "zero or positive"),
-             (in_unit, lambda v: 0 < v <= 1, "in (0, 1]")]
+             (in_unit, lambda v: 0 < v <= 1, "in (0, 1]"),
+             ([n for n in ("seed", "label_seed") if hasattr(args, n)], lambda v: 0 <= v <= SEED_MAX,
+              f"a whole number from 0 to {SEED_MAX} (2^63 - 1)")]
     for names, ok, what in rules:
         for name in names:
             value = getattr(args, name)
@@ -123,6 +129,34 @@ class StopRequest:
             signal.signal(s, handler)
 
 
+TMP_SUFFIX = ".drl-tmp"  # the temporary files this codebase writes: NAME.PID.drl-tmp, renamed over NAME when whole
+
+
+def temp_path(path):
+    """The temporary file beside path that this process writes before renaming it over path."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+def remove_stale_temps(folder):
+    """Remove the temporary files in folder that a process of this codebase left when it was killed while
+    writing (NAME.PID.drl-tmp whose PID no longer runs); any other file, a user's `notes.tmp` too, stays."""
+    for f in Path(folder).glob(f"*{TMP_SUFFIX}"):
+        pid = f.name[: -len(TMP_SUFFIX)].rsplit(".", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            f.unlink(missing_ok=True)
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        return True
+    return True
+
+
 class RunFolderLock:
     """Holds a lock on the run folder itself (flock on the folder, no lock file) for this process's
     life; a second run into the same folder is refused. The operating system releases the lock when the
@@ -139,8 +173,7 @@ class RunFolderLock:
         except BlockingIOError:
             os.close(self.fd)
             raise SystemExit(f"error: {out} is in use by another train_drl.py run; wait for it or pass another --out")
-        for stale in self.out.glob("*.tmp"):  # left by a run killed while writing
-            stale.unlink()
+        remove_stale_temps(self.out)  # left by a run killed while writing
 
     def release(self):
         os.close(self.fd)
@@ -149,41 +182,46 @@ class RunFolderLock:
 
 
 class CudaGraphStep:
-    """A step function `step(x) -> outputs` run as one CUDA graph: `warmup` eager calls on a side stream
-    (lazy initialisation and cuDNN's autotuning happen there, not inside the graph; PyTorch's recipe for
-    whole-network capture), then one capture, then replays. The input is copied into the buffer the
-    graph reads; everything else that changes between steps must already live in tensors, which
-    `before_capture` arranges. Random numbers come from the CUDA generator, whose state a replay
-    advances like eager code, so replays draw fresh noise."""
+    """A step function `step(x, *scalars) -> outputs` run as one CUDA graph: `warmup` eager calls on a side
+    stream (lazy initialisation and cuDNN's autotuning happen there, not inside the graph; PyTorch's recipe
+    for whole-network capture), then one capture, then replays. The input and the float scalars (a learning
+    rate, an EMA weight) are copied into tensors the graph reads; the optimiser is made capturable (its
+    step reads tensors, not host floats) before the capture, and the graph's backward writes the gradients
+    afresh. Random numbers come from the CUDA generator, whose state a replay advances like eager code, so
+    replays draw fresh noise."""
 
-    def __init__(self, step, device, warmup=3, before_capture=None):
-        self.step, self.device, self.warmup, self.before_capture = step, device, warmup, before_capture
+    def __init__(self, step, device, optimizer, warmup=3):
+        self.step, self.device, self.optimizer, self.warmup = step, device, optimizer, warmup
         self.graph, self.calls = None, 0
 
-    def __call__(self, x):
+    def __call__(self, x, *scalars):
         if self.graph is not None:
             self.static_x.copy_(x)
+            for static, value in zip(self.static_scalars, scalars):
+                static.fill_(value)
             self.graph.replay()
             return self.static_out
         main, side = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
-            out = self.step(x)
+            out = self.step(x, *scalars)
         main.wait_stream(side)
         self.calls += 1
         if self.calls >= self.warmup:
-            self.capture(x)
+            self.capture(x, scalars)
         return out
 
-    def capture(self, x):
+    def capture(self, x, scalars):
         self.static_x = x.clone()
-        if self.before_capture is not None:
-            self.before_capture()
+        self.static_scalars = [torch.tensor(float(v), device=self.device) for v in scalars]
+        for group in self.optimizer.param_groups:
+            group["capturable"] = True
+        self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         # captured on a stream of its own: cuBLAS keeps one workspace per stream, baked into the graph,
         # so graphs captured on torch's shared capture stream race on it when replayed side by side
         with torch.cuda.graph(graph, stream=torch.cuda.Stream(self.device)):
-            self.static_out = self.step(self.static_x)
+            self.static_out = self.step(self.static_x, *self.static_scalars)
         self.graph = graph
 
 
@@ -215,10 +253,29 @@ def unwrite_row(path, size):
 
 
 def drop_rows_after(path, step):
-    """stats.jsonl of a resumed run: rows past the checkpoint's step were lost with the run, drop them."""
-    if path.exists():
-        rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["step"] <= step]
+    """stats.jsonl of a resumed run: rows past the checkpoint's step were lost with the run, drop them. A
+    torn last row (what a kill during a write leaves) is cut off; other damage raises WriteError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        return
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for i, line in enumerate(lines):
+            try:
+                row = json.loads(line)
+                keep = row["step"] <= step
+            except (ValueError, KeyError, TypeError):
+                if i == len(lines) - 1:  # torn: the run was killed while writing it
+                    break
+                raise WriteError(f"{path}: line {i + 1} is not a stats row ({line[:40]!r}); remove that line (or the "
+                                 f"file, losing the log), then run the same command again") from None
+            if keep:
+                rows.append(line)
         path.write_text("".join(r + "\n" for r in rows))
+    except (OSError, UnicodeDecodeError) as e:
+        raise WriteError(f"{path} cannot be read or rewritten ({getattr(e, 'strerror', None) or type(e).__name__}); "
+                         f"move it away, then run the same command again") from None
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -262,13 +319,14 @@ def start_world(device, batch_size, cuda_graph):
     return device, rank, world
 
 
-def world_agrees(device, world, flag):
-    """A time-based decision taken by rank 0 and shared, so that every DDP process acts on it alike."""
+def world_agrees(device, world, *flags):
+    """Decisions taken by rank 0 (time, a stop request) and shared in one broadcast, so that every DDP
+    process acts on them alike."""
     if world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=device)
     dist.broadcast(t, 0)
-    return bool(t.item())
+    return tuple(bool(v) for v in t.tolist())
 
 
 def end_world(world):

@@ -46,7 +46,8 @@ EVAL_SEED = 1234  # the eval loss: the same t and noise at every save and in eve
 
 
 class Training:
-    """Networks, EMA copies, optimiser, loss, data and RNG of one run, with the step, eval, probe and save."""
+    """One run: its data, networks, EMA copies, optimiser and loss (built from the flags), the step, and the
+    eval, save and resume around it."""
 
     def __init__(self, args, out, device, rank=0, world=1):
         self.args, self.device, self.rank, self.world = args, device, rank, world
@@ -61,7 +62,7 @@ class Training:
         n = args.probe_n
         self.probe_data = (images[:n], labels[:n].to(device), test_images[:n], test_labels[:n].to(device))
         self.data_gen = torch.Generator(device=device).manual_seed(args.seed + rank)  # each process its batches
-        # channels_last on CUDA and CPU: the cpu preset's step is 1.12-1.19x faster in it on 2 threads (RESULTS.md)
+        # channels_last on CUDA and CPU: the cpu preset's step is 1.13x faster in it on 2 threads (RESULTS.md)
         self.memory_format = torch.channels_last if device.type in ("cuda", "cpu") else torch.contiguous_format
         # networks, EMA copies, optimiser (the encoder's lr is --enc-lr-mult times the others')
         self.config = net_config(args, sigma_data)
@@ -75,8 +76,8 @@ class Training:
         self.opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                                      fused=device.type in ("cuda", "cpu"))
         self.scaler = torch.amp.GradScaler(device.type, enabled=args.amp == "fp16" and device.type == "cuda")
-        self.loss, self.loss_nets = make_loss(args, sigma_data)
-        self.step, self.train_seconds, self.ema_weight = 0, 0.0, 0.0
+        self.loss = make_loss(args, sigma_data)  # sde.DRLLoss, or a baseline's loss (baselines.py)
+        self.step, self.train_seconds = 0, 0.0
         self.step_fn = self.make_step_fn()
 
     def next_batch(self):
@@ -84,19 +85,27 @@ class Training:
         return (self.images[idx].float() / 255).contiguous(memory_format=self.memory_format)
 
     def compute_loss(self, nets, x0):
-        return self.loss(*(nets.get(k) for k in self.loss_nets), x0)
+        """(loss, regulariser): DRLLoss(encoder, score_net, x0) (encoder None for the plain score model), or
+        the baselines' AutoencoderLoss(encoder, decoder, x0) and SimCLRGaussLoss(encoder, projector, x0)."""
+        second = next(nets[k] for k in ("score_net", "decoder", "projector") if k in nets)
+        return self.loss(nets.get("encoder"), second, x0)
+
+    # ---- the step ----
 
     def train_step(self, x0):
-        """One optimiser step and EMA update; returns the (loss, reg) tensors without a host sync."""
-        # EMA with TensorFlow's warm-up (num_updates): early averages forget fast, so the EMA copy is
-        # not stuck near the random initialisation in a short run
-        self.set_scalars(self.learning_rate(), 1 - min(self.args.ema, (1 + self.step) / (10 + self.step)))
-        loss, reg = self.step_fn(x0)
+        """One step at this step's learning rate (linear warm-up, then constant) and EMA weight (TensorFlow's
+        warm-up: early averages forget fast, so a short run's EMA copy is not stuck near its initialisation)."""
+        lr = self.args.lr * min(1.0, (self.step + 1) / max(1, self.args.warmup))
+        ema_weight = 1 - min(self.args.ema, (1 + self.step) / (10 + self.step))
+        loss, reg = self.step_fn(x0, lr, ema_weight)
         self.step += 1
         return loss, reg
 
-    def update(self, x0):
-        """The step itself: forward, backward, clip, AdamW, EMA."""
+    def update(self, x0, lr, ema_weight):
+        """Forward, backward, clip, AdamW, EMA; returns the (loss, reg) tensors without a host sync.
+        lr and ema_weight are floats, or tensors that a CUDA graph reads (runtime.CudaGraphStep)."""
+        for group in self.opt.param_groups:
+            group["lr"] = lr * group["lr_mult"]
         with autocast(self.device, self.args.amp, cache=not self.args.cuda_graph):  # no cached casts in a graph
             loss, reg = self.compute_loss(self.train_nets, x0)
         self.scaler.scale(loss + reg).backward()
@@ -105,11 +114,11 @@ class Training:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
-        with torch.no_grad():  # (without it each EMA update would add a node to an ever longer autograd chain)
-            for k, net in self.nets.items():  # ema += w * (net - ema)
+        with torch.no_grad():  # ema += w * (net - ema); under autograd each update would chain a node onto it
+            for k, net in self.nets.items():
                 ema, params = list(self.emas[k].parameters()), list(net.parameters())
                 delta = torch._foreach_sub(params, ema)
-                torch._foreach_mul_(delta, self.ema_weight)
+                torch._foreach_mul_(delta, ema_weight)
                 torch._foreach_add_(ema, delta)
                 for b_ema, b in zip(self.emas[k].buffers(), net.buffers()):
                     b_ema.copy_(b)
@@ -117,33 +126,9 @@ class Training:
 
     def make_step_fn(self):
         """The eager step, or with --cuda-graph the same step captured once and replayed (one launch)."""
-        if not self.args.cuda_graph:
-            return self.update
-        return CudaGraphStep(self.update, self.device, before_capture=self.scalars_to_tensors)
+        return CudaGraphStep(self.update, self.device, self.opt) if self.args.cuda_graph else self.update
 
-    def set_scalars(self, lr, ema_weight):
-        """This step's lr and EMA weight: floats, or written into the tensors a captured graph reads."""
-        for group in self.opt.param_groups:
-            if torch.is_tensor(group["lr"]):
-                group["lr"].fill_(lr * group["lr_mult"])
-            else:
-                group["lr"] = lr * group["lr_mult"]
-        if torch.is_tensor(self.ema_weight):
-            self.ema_weight.fill_(ema_weight)
-        else:
-            self.ema_weight = ema_weight
-
-    def scalars_to_tensors(self):
-        """Before a capture: what changes from step to step must live in tensors the graph reads (AdamW
-        takes a tensor lr when capturable); the graph's backward writes the gradients afresh."""
-        for group in self.opt.param_groups:
-            group["lr"], group["capturable"] = torch.tensor(float(group["lr"]), device=self.device), True
-        self.ema_weight = torch.tensor(float(self.ema_weight), device=self.device)
-        self.opt.zero_grad(set_to_none=True)
-
-    def learning_rate(self):
-        """Linear warm-up, then constant."""
-        return self.args.lr * min(1.0, (self.step + 1) / max(1, self.args.warmup))
+    # ---- around the step ----
 
     @torch.no_grad()
     def eval_loss(self):
@@ -153,6 +138,16 @@ class Training:
             torch.manual_seed(EVAL_SEED)
             total = sum(self.compute_loss(self.emas, x0)[0].item() * len(x0) for x0 in self.eval_x0.split(250))
         return total / len(self.eval_x0)
+
+    def checked_eval(self, last_saved):
+        """At a save: the eval loss and the linear probe, after checking that the weights are finite."""
+        row = dict(eval_loss=self.eval_loss())
+        weights = (p for m in (*self.nets.values(), *self.emas.values()) for p in m.parameters())
+        if not (math.isfinite(row["eval_loss"]) and all(torch.isfinite(p).all() for p in weights)):
+            raise SystemExit(nan_message(row["eval_loss"], self, 0, last_saved, where="weights"))
+        if self.args.probe_n and "encoder" in self.emas:
+            row.update(probe_encoder(self.emas["encoder"], *self.probe_data, self.device))
+        return row
 
     def save(self):
         """ckpt.pt and config.json together, whole or not at all (a full disk leaves both as they were)."""
@@ -194,55 +189,16 @@ class Training:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"])
         self.step, self.train_seconds = ckpt["step"], ckpt["train_seconds"]
         if self.world > 1:  # the saved RNG state is rank 0's: give each process its own stream, new per resume
-            seed = (self.args.seed * 1_000_003 + self.step) * 1009 + self.rank
+            seed = ((self.args.seed * 1_000_003 + self.step) * 1009 + self.rank) % 2 ** 63
             torch.manual_seed(seed)
             self.data_gen.manual_seed(seed)
 
 
-def main(argv=None):
-    """Train; returns the (score_net, encoder) modules (None where the run has none) for inspection."""
-    args = parse_args(argv)
-    out = Path(args.out or f"runs/{args.dataset}-{args.objective}" + ("-tc" if args.time_cond else ""))
-    with exit_on(ValueError):
-        device = pick_device(args.device)
-    if args.cuda_graph and device.type != "cuda":
-        raise SystemExit(f"error: --cuda-graph needs a CUDA device (this run uses {device}); leave the flag out")
-    device, rank, world = start_world(device, args.batch_size, args.cuda_graph)  # torchrun's, or one process
-    torch.manual_seed(args.seed + rank)  # different noise and t per process; DDP syncs the weights
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    with exit_on(DataError, CheckpointError):
-        tr = Training(args, out, device, rank, world)
-    lock = RunFolderLock(out) if rank == 0 and not args.benchmark else None  # once the data and flags are good
-    try:
-        with exit_on(CheckpointError):
-            if tr.ckpt_path.exists() and not args.benchmark:
-                tr.resume()
-                if rank == 0:
-                    print(f"resuming {tr.ckpt_path} from step {tr.step} ({tr.train_seconds / 60:.1f} min trained)")
-        if args.compile:  # in place: state_dict keys stay free of compile prefixes; EMA copies stay eager
-            for m in tr.nets.values():
-                m.compile()
-        for m in tr.nets.values():
-            m.train()
-        if args.benchmark:
-            benchmark(tr, args.benchmark)
-        else:
-            if rank == 0:
-                drop_rows_after(out / "stats.jsonl", tr.step)
-            with exit_on(WriteError):
-                train(tr, out)
-    finally:  # however the run ends (a NaN, a second Ctrl-C), the folder is free again
-        if lock is not None:
-            lock.release()
-    end_world(world)
-    return tr.nets.get("score_net"), tr.nets.get("encoder")
-
+# ---- the loop ----
 
 def train(tr, out):
-    """The loop: steps until --steps or --minutes; a log line every --log-every steps or 30 s, with an
-    ETA; a checked save (and probe) every --save-every steps, every 10 minutes and at the end."""
+    """Steps until --steps or --minutes; a log line (and a stats.jsonl row) every --log-every steps or 30 s,
+    with an ETA; a checked save (eval loss, probe) every --save-every steps, every 10 minutes and at the end."""
     args, rank = tr.args, tr.rank
     budget = args.minutes * 60 if args.minutes else math.inf
     if rank == 0:
@@ -257,21 +213,20 @@ def train(tr, out):
     try:
         while tr.step < args.steps and not out_of_time:
             sums, n_sum = sums + torch.stack(tr.train_step(tr.next_batch())), n_sum + 1
-            # Time-based decisions and a stop request are rank 0's, shared so that every DDP process takes the
-            # same branch; checked every 10 steps under DDP (a broadcast), every step otherwise (free). A
-            # signal that lands later in this iteration (the log line, the eval, the save) acts after the next step.
-            now, check = time.time(), tr.world == 1 or tr.step % 10 == 0
-            elapsed = tr.train_seconds + time.perf_counter() - t0
-            stopping, out_of_time, save_time, log_time = (
-                check and world_agrees(tr.device, tr.world, flag) for flag in
-                (stop.requested, elapsed >= budget, now - last_save_time > 60 * SAVE_MINUTES, now - last_log > 30))
+            # Time and a stop request are rank 0's to judge, shared so that every DDP process takes the same
+            # branch: every step in one process (free), every 10 steps under DDP (a broadcast). A signal that
+            # lands later in this iteration (the log line, the eval, the save) acts after the next step.
+            now, elapsed = time.time(), tr.train_seconds + time.perf_counter() - t0
+            stopping, out_of_time, save_time, log_time = world_agrees(
+                tr.device, tr.world, stop.requested, elapsed >= budget, now - last_save_time > 60 * SAVE_MINUTES,
+                now - last_log > 30) if tr.world == 1 or tr.step % 10 == 0 else (False,) * 4
             at_save = tr.step % args.save_every == 0 or tr.step >= args.steps or stopping or out_of_time or save_time
             if not (at_save or log_time or tr.step % args.log_every == 0):
                 continue
             row = interval_row(tr, sums, n_sum, t0, last_saved)
             if rank == 0:
                 if at_save:
-                    row.update(checked_eval(tr, n_sum, last_saved))
+                    row.update(tr.checked_eval(last_saved))
                 print(log_line(row, tr, budget), flush=True)
                 # the row goes first: a run killed before the checkpoint lands drops it on resume, and a
                 # save that fails takes it back, so stats.jsonl ends at the checkpoint's step
@@ -314,29 +269,17 @@ def interval_row(tr, sums, n_sum, t0, last_saved):
                 images_per_s=n_sum * tr.args.batch_size / seconds, minutes=tr.train_seconds / 60)
 
 
-def checked_eval(tr, n_sum, last_saved):
-    """At a save: the eval loss and the linear probe, after checking that the weights are finite."""
-    row = dict(eval_loss=tr.eval_loss())
-    weights = (p for m in (*tr.nets.values(), *tr.emas.values()) for p in m.parameters())
-    if not (math.isfinite(row["eval_loss"]) and all(torch.isfinite(p).all() for p in weights)):
-        raise SystemExit(nan_message(row["eval_loss"], tr, n_sum, last_saved, where="weights"))
-    if tr.args.probe_n and "encoder" in tr.emas:
-        row.update(probe_encoder(tr.emas["encoder"], *tr.probe_data, tr.device))
-    return row
+def log_line(row, tr, budget):
+    ev = f"  eval {row['eval_loss']:.2f}" if "eval_loss" in row else ""
+    pr = (f"  probe {100 * row['probe_linear']:.1f}% (dim {row['probe_pr']:.1f})" if "probe_linear" in row else "")
+    mem = f"  mem {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if tr.device.type == "cuda" else ""
+    return (f"step {row['step']:>7}  loss {row['loss']:9.3f}  reg {row['reg']:.2e}{ev}{pr}  "
+            f"{row['images_per_s']:7.1f} img/s  {row['minutes']:.1f} min  ETA {eta_seconds(tr, budget) / 60:.1f} min{mem}")
 
 
 def eta_seconds(tr, budget):
     per_step = tr.train_seconds / max(1, tr.step)
     return min(budget, (tr.args.steps - tr.step) * per_step + tr.train_seconds) - tr.train_seconds
-
-
-def log_line(row, tr, budget):
-    ev = f"  eval {row['eval_loss']:.2f}" if "eval_loss" in row else ""
-    pr = (f"  probe {100 * row['probe_linear']:.1f}% (dim {row['probe_pr']:.1f})" if "probe_linear" in row else "")
-    mem = f"  mem {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if tr.device.type == "cuda" else ""
-    eta = eta_seconds(tr, budget) / 60
-    return (f"step {row['step']:>7}  loss {row['loss']:9.3f}  reg {row['reg']:.2e}{ev}{pr}  "
-            f"{row['images_per_s']:7.1f} img/s  {row['minutes']:.1f} min  ETA {eta:.1f} min{mem}")
 
 
 def nan_message(value, tr, n_sum, last_saved, where="loss"):
@@ -345,6 +288,51 @@ def nan_message(value, tr, n_sum, last_saved, where="loss"):
     what = "the loss became" if where == "loss" else "the weights or the eval loss became"
     fix = "lower --lr or use --amp off" if tr.device.type == "cuda" and tr.args.amp != "off" else "lower --lr"
     return f"error: {what} {value} between steps {tr.step - n_sum} and {tr.step}; {kept}: {fix}"
+
+
+# ---- the stage ----
+
+def main(argv=None):
+    """Train; returns the (score_net, encoder) modules (None where the run has none) for inspection."""
+    args = parse_args(argv)
+    out = Path(args.out or f"runs/{args.dataset}-{args.objective}" + ("-tc" if args.time_cond else ""))
+    with exit_on(ValueError):
+        device = pick_device(args.device)
+    if args.cuda_graph and device.type != "cuda":
+        raise SystemExit(f"error: --cuda-graph needs a CUDA device (this run uses {device}); leave the flag out")
+    device, rank, world = start_world(device, args.batch_size, args.cuda_graph)  # torchrun's, or one process
+    torch.manual_seed(args.seed + rank)  # different noise and t per process; DDP syncs the weights
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    with exit_on(DataError, CheckpointError):
+        tr = Training(args, out, device, rank, world)
+    lock = RunFolderLock(out) if rank == 0 and not args.benchmark else None  # once the data and flags are good
+    try:
+        with exit_on(CheckpointError):
+            if tr.ckpt_path.exists() and not args.benchmark:
+                tr.resume()
+                if rank == 0:
+                    print(f"resuming {tr.ckpt_path} from step {tr.step} ({tr.train_seconds / 60:.1f} min trained)")
+        if args.compile:  # in place: state_dict keys stay free of compile prefixes; EMA copies stay eager
+            for m in tr.nets.values():
+                m.compile()
+        for m in tr.nets.values():
+            m.train()
+        if args.benchmark:
+            benchmark(tr, args.benchmark)
+        else:
+            with exit_on(WriteError):
+                if rank == 0:
+                    drop_rows_after(out / "stats.jsonl", tr.step)
+                    if tr.step and not (out / "config.json").exists():  # deleted: the checkpoint says it all
+                        tr.save()
+                train(tr, out)
+    finally:  # however the run ends (a NaN, a second Ctrl-C), the folder is free again
+        if lock is not None:
+            lock.release()
+    end_world(world)
+    return tr.nets.get("score_net"), tr.nets.get("encoder")
 
 
 if __name__ == "__main__":

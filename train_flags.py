@@ -42,9 +42,11 @@ PRESETS = {
                 latent_norm=True, code_map=True, l1=0.0, kl=1e-5, log_every=100, save_every=2000, probe_n=5000),
 }
 MIN_NORM_DIM = 8  # a layer norm over D dims leaves D - 1 of them: over 1 it maps every code to 0, over 2 to ±(1, -1)
-# flags that define what a run learns: resuming with another value would train a different run
-RESUME_MUST_MATCH = ("dataset", "objective", "enc_lr_mult", "t_sampling", "t_uniform_share", "share_trains", "t_fixed",
-                     "p_mean", "p_std", "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
+# flags that define what a run learns: resuming with another value would train a different run (the seed too:
+# the resumed random stream is the saved one, so another --seed would be recorded but not used). The others
+# (--steps, --minutes, --save-every, --log-every, --device, ...) may change on resume.
+RESUME_MUST_MATCH = ("dataset", "seed", "objective", "enc_lr_mult", "t_sampling", "t_uniform_share", "share_trains",
+                     "t_fixed", "p_mean", "p_std", "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
 
 
 def parse_args(argv=None):
@@ -186,17 +188,17 @@ def net_config(args, sigma_data):
 
 
 def make_loss(args, sigma_data):
-    """The objective as an object of explicit parameters, and the networks it is called with in order."""
+    """The objective as an object of explicit parameters: sde.DRLLoss, or a baseline's loss."""
     if args.objective in DIFFUSION:
         kw = dict(fixed=dict(t=args.t_fixed), lognormal=dict(p_mean=args.p_mean, p_std=args.p_std))
         kw = kw.get(args.t_sampling, {})  # the keyword arguments of the mode's sampler
         loss = DRLLoss(VESDE(args.sigma_min, args.sigma_max), partial(T_SAMPLING[args.t_sampling], **kw),
                        uniform_share=args.t_uniform_share, share_trains_encoder=args.share_trains == "both",
                        weighting=args.weighting, sigma_data=sigma_data, l1=args.l1, kl=args.kl)
-        return loss, ("encoder", "score_net")
+        return loss
     if args.objective in ("ae", "vae"):
-        return AutoencoderLoss(kl=1.0), ("encoder", "decoder")
-    return SimCLRGaussLoss(aug_std=0.3, temperature=0.5), ("encoder", "projector")
+        return AutoencoderLoss(kl=1.0)
+    return SimCLRGaussLoss(aug_std=0.3, temperature=0.5)
 
 
 def presets_help():

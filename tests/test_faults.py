@@ -209,7 +209,7 @@ def test_a_full_disk_stops_training_with_one_line_and_a_resumable_folder(tmp_pat
     config = json.loads((out / "config.json").read_text())
     rows = [json.loads(line) for line in (out / "stats.jsonl").read_text().splitlines()]
     assert ckpt["step"] == 2 and config["args"] == ckpt["args"] and ckpt["args"]["lr"] == 1e-3
-    assert [r["step"] for r in rows] == [2] and not list(out.glob("*.tmp"))
+    assert [r["step"] for r in rows] == [2] and not list(out.glob("*.drl-tmp"))
     train_drl.main(TINY + ["--out", str(out), "--steps", "4", "--save-every", "4", "--log-every", "2"])
     assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 4  # resumed
 
@@ -227,3 +227,202 @@ def test_a_full_disk_in_sample_is_one_line_and_no_partial_file(tmp_path, tiny_ru
         sample.main(["--ckpt", tiny_run("drl"), "--steps", "2", "--n", "2", "--per-code", "1", "--out",
                      str(tmp_path / "s"), "--device", "cpu"])
     assert not (tmp_path / "s").exists()
+
+
+# ---- what a stage may delete: only the temporary files it wrote ----
+
+def test_training_removes_only_its_own_dead_temporary_files(tmp_path):
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "X"
+    out.mkdir()
+    (out / "notes.tmp").write_text("my notes")  # a user's file, whatever its name
+    (out / "ckpt.pt.x.drl-tmp").write_text("no pid in its name")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (out / f"ckpt.pt.{dead.stdout.strip()}.drl-tmp").write_text("left by a killed run")
+    (out / f"stats.jsonl.{os.getpid()}.drl-tmp").write_text("a live process's")
+    train_drl.main(TINY + ["--steps", "2", "--save-every", "2", "--out", str(out)])
+    names = sorted(p.name for p in out.iterdir())
+    assert "notes.tmp" in names and (out / "notes.tmp").read_text() == "my notes"
+    assert f"ckpt.pt.{dead.stdout.strip()}.drl-tmp" not in names
+    assert "ckpt.pt.x.drl-tmp" in names and f"stats.jsonl.{os.getpid()}.drl-tmp" in names
+
+
+# ---- damaged data and run files: one line ----
+
+def idx_bytes(array):
+    import struct
+    return struct.pack(">HBB", 0, 8, array.ndim) + struct.pack(">" + "I" * array.ndim, *array.shape) + array.tobytes()
+
+
+def write_fashion(folder, images=None, labels=None, gz=False):
+    """Valid IDX files of 20 training and 10 test images, with the training images' or labels' bytes replaced."""
+    import gzip
+    import numpy as np
+    folder.mkdir(exist_ok=True)
+    for split, n in (("train", 20), ("t10k", 10)):
+        files = {"images-idx3-ubyte": idx_bytes(np.zeros((n, 28, 28), np.uint8)),
+                 "labels-idx1-ubyte": idx_bytes(np.arange(n, dtype=np.uint8) % 10)}
+        if split == "train":
+            files["images-idx3-ubyte"] = images if images is not None else files["images-idx3-ubyte"]
+            files["labels-idx1-ubyte"] = labels if labels is not None else files["labels-idx1-ubyte"]
+        for name, data in files.items():
+            path = folder / f"{split}-{name}" if not gz else folder / f"{split}-{name}.gz"
+            path.write_bytes(gzip.compress(data) if gz and data[:2] != b"RB" else data)
+
+
+def damaged():
+    import gzip
+    import numpy as np
+    good_images = idx_bytes(np.random.default_rng(0).integers(0, 256, (20, 28, 28), dtype=np.uint8))
+    return {
+        "images cut to half": dict(images=good_images[: len(good_images) // 2]),
+        "zero-byte labels": dict(labels=b""),
+        "an ndim byte of 5": dict(images=good_images[:3] + b"\x05" + good_images[4:]),
+        "magic bytes ff ff": dict(images=b"\xff\xff" + good_images[2:]),
+        "100 labels for 20 images": dict(labels=idx_bytes(np.zeros(100, np.uint8))),
+        "a .gz cut to half": dict(images=b"RB" + gzip.compress(good_images)[:5000], gz=True),
+        "a .gz of random bytes": dict(images=b"RB" + bytes(range(256)) * 4, gz=True),
+    }
+
+
+@pytest.mark.parametrize("case", list(damaged()))
+def test_damaged_data_files_are_one_line_and_leave_nothing(tmp_path, case):
+    from data import DataError, load_dataset
+    spec = dict(damaged()[case])
+    if spec.get("gz"):  # the "RB" prefix marks bytes to write as they are (already gzip, or not gzip at all)
+        spec = {k: (v[2:] if isinstance(v, bytes) else v) for k, v in spec.items()}
+        write_fashion(tmp_path / "d", gz=True)
+        (tmp_path / "d" / "train-images-idx3-ubyte.gz").write_bytes(spec["images"])
+    else:
+        write_fashion(tmp_path / "d", **spec)
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion_mnist", tmp_path / "d", train=True)
+    assert "\n" not in str(e.value) and "again" in str(e.value)
+    with pytest.raises(SystemExit, match="^error: .*train-"):
+        train_drl.main(["--dataset", "fashion_mnist", "--data-dir", str(tmp_path / "d"), "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_checkpoint_without_its_keys_is_one_line(tmp_path):
+    import torch
+    torch.save({"kind": "drl_train", "version": 3}, tmp_path / "ckpt.pt")
+    for stage in (sample, probe):
+        with pytest.raises(SystemExit, match="^error: .*a damaged checkpoint"):
+            stage.main(["--ckpt", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path / "o"), "--device", "cpu"])
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_damaged_probe_cache_is_encoded_again(tmp_path, tiny_run):
+    out = tmp_path / "p"
+    argv = ["--ckpt", tiny_run("drl"), "--out", str(out), "--device", "cpu", "--max-train", "200", "--max-test", "100",
+            "--no-baselines"]
+    first = probe.main(argv)
+    for f in (out / "cache").iterdir():
+        f.write_bytes(b"random bytes, not a tensor")
+    again = probe.main(argv)
+    key = next(iter(first))
+    assert again[key]["per_t"][0]["linear"] == first[key]["per_t"][0]["linear"]
+
+
+def test_a_torn_stats_row_is_cut_and_the_resume_is_bit_exact(tmp_path):
+    """A kill while a stats row is written leaves half a row: the resume cuts it and finishes as an unbroken
+    run would; a garbage row elsewhere is one line naming the file; a deleted config.json is written again."""
+    import torch
+    flags = TINY + ["--save-every", "2", "--log-every", "1", "--seed", "3"]
+    train_drl.main(flags + ["--steps", "4", "--out", str(tmp_path / "whole")])
+    train_drl.main(flags + ["--steps", "2", "--out", str(tmp_path / "torn")])
+    stats = tmp_path / "torn" / "stats.jsonl"
+    stats.write_text(stats.read_text() + '{"step": 3, "lo')
+    (tmp_path / "torn" / "config.json").unlink()
+    train_drl.main(flags + ["--steps", "4", "--out", str(tmp_path / "torn")])
+    assert (tmp_path / "torn" / "config.json").is_file()
+    a, b = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True) for d in ("whole", "torn"))
+    assert all(torch.equal(a["ema_encoder"][k], b["ema_encoder"][k]) for k in a["ema_encoder"])
+    losses = [[__import__("json").loads(r)["loss"] for r in (tmp_path / d / "stats.jsonl").read_text().splitlines()]
+              for d in ("whole", "torn")]
+    assert losses[0] == losses[1]
+    stats.write_text("garbage\n" + stats.read_text())
+    with pytest.raises(SystemExit, match=r"^error: .*stats.jsonl: line 1 is not a stats row"):
+        train_drl.main(flags + ["--steps", "6", "--out", str(tmp_path / "torn")])
+
+
+def test_resuming_with_another_seed_is_refused(tmp_path, tiny_run):
+    from pathlib import Path
+    with pytest.raises(SystemExit, match=r"holds another run \(--seed 7 \(saved: 0\)\)"):
+        train_drl.main(TINY + ["--latent-dim", "4", "--out", str(Path(tiny_run("drl")).parent), "--seed", "7",
+                               "--steps", "4"])
+
+
+def test_the_full_disk_line_gives_the_space_free_before_the_attempt(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+    from pathlib import Path
+    from checkpoint import save_atomic
+    from runtime import WriteError
+    usage = namedtuple("usage", "total used free")
+    free = [4_800_000]
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**9, 10**9 - free[0], free[0]))
+
+    def fill(self, data):
+        free[0] = 0  # the partial file took what was left
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(Path, "write_bytes", fill)
+    with pytest.raises(WriteError, match=r"needs 6.0 MB and 4.8 MB are free"):
+        save_atomic(b"x" * 6_000_000, tmp_path / "big.bin")
+
+
+# ---- the instruments themselves: mutants of the EMA, the clip and the probe fail these ----
+
+def test_the_ema_copy_after_one_step_is_its_closed_form():
+    import torch
+    args = train_drl.parse_args(TINY + ["--latent-dim", "4"])
+    tr = train_drl.Training(args, "unused", torch.device("cpu"))
+    before = {k: [p.detach().clone() for p in m.parameters()] for k, m in tr.emas.items()}
+    tr.train_step(tr.next_batch())
+    w = 1 - min(args.ema, 1 / 10)  # step 0 of TensorFlow's warm-up: the copy moves 0.9 of the way
+    for k in tr.nets:
+        for e0, e1, p1 in zip(before[k], tr.emas[k].parameters(), tr.nets[k].parameters()):
+            assert torch.allclose(e1, e0 + w * (p1 - e0), atol=1e-6)
+
+
+def test_the_optimiser_receives_clipped_gradients(monkeypatch):
+    import torch
+    args = train_drl.parse_args(TINY + ["--latent-dim", "4", "--lr", "1e-3"])
+    tr = train_drl.Training(args, "unused", torch.device("cpu"))
+    norms, raw = [], []
+    real_step, real_clip = tr.opt.step, torch.nn.utils.clip_grad_norm_
+
+    def step(*a, **k):
+        norms.append(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in tr.params if p.grad is not None])))
+        return real_step(*a, **k)
+
+    def clip(*a, **k):
+        raw.append(real_clip(*a, **k))
+        return raw[-1]
+    monkeypatch.setattr(tr.opt, "step", step)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    tr.train_step(tr.next_batch())
+    assert raw and raw[0] > 10 * train_drl.GRAD_CLIP  # the raw gradient is far above the clip ...
+    assert norms and norms[0] <= train_drl.GRAD_CLIP * (1 + 1e-4)  # ... and AdamW sees it clipped
+
+
+def test_the_probe_learns_nothing_from_the_test_codes():
+    """Whitening, scaling and weights come from the training codes alone: a test code's prediction does not
+    change when other test codes are added or shifted (a probe fitted partly on the test codes would leak)."""
+    import torch
+    from linear_probe import fit_linear_probe, linear_probe
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 8, generator=g) * torch.linspace(0.1, 3, 8)
+    y = (x[:, 0] + x[:, 1] > 0).long()
+    test = torch.randn(100, 8, generator=g)
+    predict, _ = fit_linear_probe(x, y, 2)
+    alone = predict(test).argmax(1)
+    shifted = torch.cat([test, torch.randn(300, 8, generator=g) * 5 + 3])
+    assert torch.equal(predict(shifted)[:100].argmax(1), alone)
+    labels = (test[:, 0] + test[:, 1] > 0).long()
+    acc_alone = linear_probe(x, y, test, labels)[0]
+    acc_with_others = linear_probe(x, y, shifted, torch.cat([labels, torch.zeros(300, dtype=torch.long)]))[0]
+    correct_first = acc_with_others * 400 - (predict(shifted)[100:].argmax(1) == 0).sum().item()
+    assert correct_first == pytest.approx(acc_alone * 100, abs=1e-3)
