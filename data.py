@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "shapes")
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "shapes", "color_shapes")
 IMAGE_SHAPE = {"mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28), "shapes": (1, 28, 28),
-               "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}
+               "cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "color_shapes": (3, 32, 32)}
+MADE_IN_CODE = ("shapes", "color_shapes")  # no files, no download
 # Debian's `apt-get install dataset-fashion-mnist` puts the IDX files here.
 SYSTEM_IDX_DIRS = {"fashion_mnist": ["/usr/share/datasets/fashion-mnist"]}
 IDX_FILES = {True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -97,9 +98,31 @@ def make_shapes(n, seed=0, size=28):
 SHAPES_SPLITS = {True: (6000, 0), False: (1000, 1)}  # (images, seed) of the training and test sets
 
 
-def shapes_fine_factor(train=True):
-    """The stroke widths (N,) of `shapes` images, in load_dataset's order: the fine factor."""
-    return make_shapes(*SHAPES_SPLITS[train])[2]
+def make_color_shapes(n, seed=0):
+    """`shapes` at 32x32 in colour, CIFAR's shape (3, 32, 32): each outline in a random colour (a nuisance,
+    not the label), on black. Returns (images uint8 (n, 3, 32, 32), shape labels, stroke widths)."""
+    images, label, width = make_shapes(n, seed, size=32)
+    colour = 0.25 + 0.75 * torch.rand(n, 3, 1, 1, generator=torch.Generator().manual_seed(seed + 1000))
+    return (images.float() * colour).round().to(torch.uint8), label, width
+
+
+def made_in_code(name, train=True):
+    """(images, labels, stroke widths) of a set made in code."""
+    return (make_shapes if name == "shapes" else make_color_shapes)(*SHAPES_SPLITS[train])
+
+
+def shapes_fine_factor(name="shapes", train=True, classes=None):
+    """The stroke widths (N,) of `shapes` (or `color_shapes`) images, in load_dataset's order: the fine factor."""
+    _, labels, width = made_in_code(name, train)
+    return width if classes is None else width[keep_classes(labels, classes)[0]]
+
+
+def keep_classes(labels, classes):
+    """(index of the images whose label is in `classes`, their labels renumbered 0 ... len(classes) - 1)."""
+    table = torch.full((int(labels.max()) + 1,), -1, dtype=torch.long)
+    table[torch.tensor(classes, dtype=torch.long)] = torch.arange(len(classes))
+    idx = (table[labels] >= 0).nonzero().squeeze(1)
+    return idx, table[labels[idx]]
 
 
 def missing_message(name, data_dir, error):
@@ -127,17 +150,30 @@ def idx_paths(name, data_dir, train):
 
 def data_source(name, data_dir=None):
     """Where load_dataset reads `name` from, for the first line of a run: a folder, or how it is made."""
-    if name == "shapes":
+    if name in MADE_IN_CODE:
         return "made in code"
     paths = idx_paths(name, data_dir, True) if name in ("mnist", "fashion_mnist") else None
     return str(paths[0].parent) if paths else str(Path(data_dir or DEFAULT_DATA_DIR))
 
 
-def load_dataset(name, data_dir=None, train=True):
-    """Return (images uint8 (N, C, H, W), labels int64 (N,)). data_dir None: ./data, then the system's
-    copy (Fashion-MNIST from Debian), then a download into ./data. Raises DataError with a one-line fix."""
-    if name == "shapes":
-        images, labels, _ = make_shapes(*SHAPES_SPLITS[train])
+def load_dataset(name, data_dir=None, train=True, classes=None):
+    """Return (images uint8 (N, C, H, W), labels int64 (N,)); with `classes` (e.g. [0, 1, 2]) only those
+    classes, their labels renumbered 0, 1, ... in that order. data_dir None: ./data, then the system's copy
+    (Fashion-MNIST from Debian), then a download into ./data. Raises DataError with a one-line fix."""
+    images, labels = load_all(name, data_dir, train)
+    if classes is None:
+        return images, labels
+    bad = [c for c in classes if not 0 <= c <= int(labels.max())]
+    if bad or len(set(classes)) != len(classes):
+        raise DataError(f"--classes {','.join(map(str, classes))}: {name} has classes 0 ... {int(labels.max())}; "
+                        f"name each at most once")
+    idx, labels = keep_classes(labels, classes)
+    return images[idx], labels
+
+
+def load_all(name, data_dir=None, train=True):
+    if name in MADE_IN_CODE:
+        images, labels, _ = made_in_code(name, train)
         return images, labels
     if name in ("mnist", "fashion_mnist"):
         paths = idx_paths(name, data_dir, train)

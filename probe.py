@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from checkpoint import CheckpointError, WriteError, build_nets, load_run, run_name, save_atomic, save_figure
 from codes import cached_codes, checkpoint_key, encode_images
-from data import DataError, load_dataset, shapes_fine_factor
+from data import MADE_IN_CODE, DataError, load_dataset, shapes_fine_factor
 from linear_probe import accuracy, linear_probe, participation_ratio, standardise
 from runtime import Parser, check_numbers, exit_on, float_list, pick_device, prepare_out
 
@@ -191,20 +191,24 @@ def load_runs(args, device):
         dataset = runs[0][2]["args"]["dataset"]
         if any(ckpt["args"]["dataset"] != dataset for _, _, ckpt in runs):
             raise CheckpointError("the checkpoints were trained on different data sets; probe one data set at a time")
+        classes = runs[0][2]["args"].get("classes")
+        if any(ckpt["args"].get("classes") != classes for _, _, ckpt in runs):
+            raise CheckpointError("the checkpoints were trained on different --classes; probe one set at a time")
         data_dir = args.data_dir or runs[0][2]["args"]["data_dir"]
-        images, y_train = load_dataset(dataset, data_dir, train=True)
-        test_images, y_test = load_dataset(dataset, data_dir, train=False)
-    return runs, dataset, images, y_train, test_images, y_test
+        images, y_train = load_dataset(dataset, data_dir, train=True, classes=classes)
+        test_images, y_test = load_dataset(dataset, data_dir, train=False, classes=classes)
+    return runs, dataset, classes, images, y_train, test_images, y_test
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
-    runs, dataset, images, y_train, test_images, y_test = load_runs(args, device)
+    runs, dataset, classes, images, y_train, test_images, y_test = load_runs(args, device)
     out = prepare_out(args.out)  # after the checkpoints and data: bad input leaves no empty folder behind
     images, y_train = images[: args.max_train], y_train[: args.max_train]
     test_images, y_test = test_images[: args.max_test], y_test[: args.max_test]
-    fine = shapes_fine_factor(train=False)[: args.max_test].to(device) if dataset == "shapes" else None
+    fine = (shapes_fine_factor(dataset, False, classes)[: args.max_test].to(device) if dataset in MADE_IN_CODE
+            else None)
     y_train, y_test = y_train.to(device), y_test.to(device)
     subset = f"{dataset}|{len(images)}|{args.seed}|{len(test_images)}"
     torch.manual_seed(args.seed)

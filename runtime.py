@@ -98,6 +98,14 @@ def prepare_out(path):
     return path
 
 
+def int_list(text):
+    """argparse type of a comma list of whole numbers, e.g. --classes 0,1,2 (spaces allowed)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a comma list of whole numbers, e.g. 0,1,2; not {text!r}") from None
+
+
 def float_list(parser, text, flag, lo=-math.inf, hi=math.inf):
     """A comma list of numbers in [lo, hi], e.g. --ts 0,0.5,1, or one argparse-style error line."""
     try:

@@ -97,7 +97,8 @@ def main(argv=None):
     test_set = None
     if args.mode in ("recon", "diversity", "swap") or (args.mode == "grid" and args.range is None):
         with exit_on(DataError):
-            test_set = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
+            test_set = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False,
+                                    classes=run.get("classes"))
     out = prepare_out(args.out)  # after every check: bad input leaves no folder behind
     shape = tuple(ckpt["config"]["score_net"][k] for k in ("in_ch", "image_size", "image_size"))
     ctx = SimpleNamespace(args=args, sde=sde, encoder=encoder, latent=latent, shape=shape, device=device,

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from checkpoint import CheckpointError, WriteError, encoder_config, load_run, save_atomic, save_together
 from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset
-from runtime import Parser, autocast, check_numbers, exit_on, float_list, pick_device, prepare_out
+from runtime import Parser, autocast, check_numbers, exit_on, float_list, int_list, pick_device, prepare_out
 from encoder import Encoder
 
 
@@ -211,6 +211,8 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", default=None, help="train_drl.py run: its encoder (--init drl) or architecture")
     p.add_argument("--init", choices=["drl", "random"], default="drl", help="start from the run's encoder, or fresh")
     p.add_argument("--dataset", choices=DATASETS, default=None, help="default: the run's; needed without --ckpt")
+    p.add_argument("--classes", type=int_list, default=None,
+                   help="without --ckpt: only these classes, e.g. 0,1,2 (a run's own are used with --ckpt)")
     p.add_argument("--ch", type=int, default=16, help="architecture without --ckpt")
     p.add_argument("--latent-dim", type=int, default=256, help="architecture without --ckpt (the cpu preset's)")
     p.add_argument("--num-labeled", type=int, default=100, help="labelled training images, balanced over classes")
@@ -257,12 +259,12 @@ def parse_args(argv=None):
 
 
 def build_encoder(args):
-    """(encoder, its constructor arguments, dataset, data_dir): the run's EMA encoder, or fresh weights
-    of its architecture (of --ch and --latent-dim without --ckpt)."""
+    """(encoder, its constructor arguments, dataset, data_dir, classes): the run's EMA encoder, or fresh
+    weights of its architecture (of --ch and --latent-dim without --ckpt); the run's data set and classes."""
     if args.ckpt is None:
         in_ch, size, _ = IMAGE_SHAPE[args.dataset]
         config = encoder_config(in_ch, size, args.ch, args.latent_dim)  # train_drl.py's cpu-preset encoder
-        return Encoder(**config), config, args.dataset, args.data_dir
+        return Encoder(**config), config, args.dataset, args.data_dir, args.classes
     _, encoder, _, ckpt = load_run(args.ckpt, device="cpu")
     if encoder is None:
         raise CheckpointError(f"{args.ckpt} is a plain score model with no encoder; pass a drl, vdrl (or baseline) run")
@@ -271,7 +273,9 @@ def build_encoder(args):
         raise CheckpointError(f"{args.ckpt} was trained on {run['dataset']}, not {args.dataset}; drop --dataset")
     if args.init == "random":
         encoder = Encoder(**config)
-    return encoder, config, run["dataset"], args.data_dir or run["data_dir"]
+    if args.classes is not None and args.classes != run.get("classes"):
+        raise CheckpointError(f"{args.ckpt} was trained on --classes {run.get('classes')}; drop --classes")
+    return encoder, config, run["dataset"], args.data_dir or run["data_dir"], run.get("classes")
 
 
 def check_t(base, images, labels, labeled, args, device):
@@ -299,9 +303,9 @@ def load_data(args):
     """The encoder to start from and the data: (encoder, encoder_config, dataset, images, labels,
     test_images, test_labels, labeled indices), or one line that says what is wrong."""
     with exit_on(DataError, CheckpointError):
-        encoder, config, dataset, data_dir = build_encoder(args)
-        images, labels = load_dataset(dataset, data_dir, train=True)
-        test_images, test_labels = load_dataset(dataset, data_dir, train=False)
+        encoder, config, dataset, data_dir, classes = build_encoder(args)
+        images, labels = load_dataset(dataset, data_dir, train=True, classes=classes)
+        test_images, test_labels = load_dataset(dataset, data_dir, train=False, classes=classes)
         if args.max_train and args.max_train < len(images):
             keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
             images, labels = images[keep], labels[keep]

@@ -3,6 +3,7 @@ follow its p-value ("ahead" at p < 0.05, "level" otherwise).
 
     mean_std([88.9, 88.7, 89.0])              # (88.87, 0.15): the sample std (n - 1)
     welch(drl_seeds, ae_seeds)                # (difference of means, t, degrees of freedom, two-sided p)
+    welch_from_stats(88.94, 0.15, 5, 88.76, 0.16, 5)   # the same from a table's mean ± std over n seeds
 """
 import math
 
@@ -29,13 +30,18 @@ def student_t_sf2(t, df, n=20_001):
 def welch(a, b):
     """Welch's unequal-variance t-test of mean(a) - mean(b): (difference, t, df, two-sided p)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    diff = a.mean() - b.mean()
+    return welch_from_stats(a.mean(), a.std(ddof=1), len(a), b.mean(), b.std(ddof=1), len(b))
+
+
+def welch_from_stats(mean_a, std_a, n_a, mean_b, std_b, n_b):
+    """The same from each group's mean, sample std and count (a table's mean ± std over n seeds)."""
+    va, vb = std_a ** 2 / n_a, std_b ** 2 / n_b
+    diff = float(mean_a - mean_b)
     if va + vb == 0:
-        return float(diff), math.copysign(math.inf, diff) if diff else 0.0, math.inf, float(diff == 0)
+        return diff, math.copysign(math.inf, diff) if diff else 0.0, math.inf, float(diff == 0)
     t = diff / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return float(diff), float(t), float(df), student_t_sf2(t, df)
+    df = (va + vb) ** 2 / (va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1))
+    return diff, float(t), float(df), student_t_sf2(t, df)
 
 
 def verdict(p, diff, alpha=0.05):

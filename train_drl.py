@@ -54,8 +54,8 @@ class Training:
         self.batch = args.batch_size // world
         self.ckpt_path = Path(out) / "ckpt.pt"
         # data: the whole set as uint8 on the device; a random batch is one index op
-        images, labels = load_dataset(args.dataset, args.data_dir, train=True)
-        test_images, test_labels = load_dataset(args.dataset, args.data_dir, train=False)
+        images, labels = load_dataset(args.dataset, args.data_dir, train=True, classes=args.classes)
+        test_images, test_labels = load_dataset(args.dataset, args.data_dir, train=False, classes=args.classes)
         sigma_data = round((images[:10_000].float() / 255).std().item(), 4)  # EDM's sigma_data, measured
         self.images = images.to(device)
         self.eval_x0 = test_images[: args.eval_n].to(device).float() / 255

@@ -15,7 +15,7 @@ from functools import partial
 
 from baselines import AutoencoderLoss, SimCLRGaussLoss
 from data import DATASETS, IMAGE_SHAPE
-from runtime import Parser, check_numbers
+from runtime import Parser, check_numbers, int_list
 from sde import VESDE, DRLLoss, t_fixed, t_lognormal, t_sigma_uniform, t_uniform
 
 DESCRIPTION = ("Train a DRL model: an encoder E(x_0[, t]) and a score net s(x_t, t, z) by denoising score "
@@ -41,11 +41,14 @@ PRESETS = {
                 t_sampling="fixed", t_uniform_share=0.3, share_trains="score-net", latent_dim=256,
                 latent_norm=True, code_map=True, l1=0.0, kl=1e-5, log_every=100, save_every=2000, probe_n=5000),
 }
+# "cifar": the ICML paper's CIFAR-10 set-up (appendix): three resolutions of 32 channels (32x32, 16x16, 8x8),
+# two residual blocks each, 90k iterations, otherwise the papers' recipe.
+PRESETS["cifar"] = dict(PRESETS["paper"], ch_mult="1,1,1", steps=90_000)
 MIN_NORM_DIM = 8  # a layer norm over D dims leaves D - 1 of them: over 1 it maps every code to 0, over 2 to ±(1, -1)
 # flags that define what a run learns: resuming with another value would train a different run (the seed too:
 # the resumed random stream is the saved one, so another --seed would be recorded but not used). The others
 # (--steps, --minutes, --save-every, --log-every, --device, ...) may change on resume.
-RESUME_MUST_MATCH = ("dataset", "seed", "objective", "enc_lr_mult", "t_sampling", "t_uniform_share", "share_trains",
+RESUME_MUST_MATCH = ("dataset", "classes", "seed", "objective", "enc_lr_mult", "t_sampling", "t_uniform_share", "share_trains",
                      "t_fixed", "p_mean", "p_std", "weighting", "precond", "latent_dim", "time_cond", "sigma_min", "sigma_max")
 
 
@@ -64,9 +67,13 @@ def parse_args(argv=None):
 def add_recipe_flags(p):
     """What a run learns: the objective, the code, the noise levels, the networks."""
     p.add_argument("--preset", choices=PRESETS, default="cpu",
-                   help="cpu: minutes on a laptop; paper: the papers' set-up, sized for a GPU. It sets every "
-                        "flag it names (below) unless passed")
+                   help="cpu: minutes on a laptop; paper: the papers' set-up, sized for a GPU; cifar: the ICML "
+                        "paper's CIFAR-10 set-up (pass --dataset cifar10). It sets every flag it names (below) "
+                        "unless passed")
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="the training images")
+    p.add_argument("--classes", type=int_list, default=None,
+                   help="train on these classes alone, e.g. 0,1,2 (the ICML paper's first three of CIFAR-10); the "
+                        "later stages read the run's")
     p.add_argument("--data-dir", default=None, help="where the data set is; default ./data, then the system's "
                                                      "copy (/usr/share/datasets), then a download into ./data")
     p.add_argument("--out", default=None, help="run folder; default runs/DATASET-OBJECTIVE[-tc]")

@@ -289,8 +289,9 @@ def main(argv=None):
             raise CheckpointError(f"{args.ckpt} has a static encoder: one code per image, no map between points "
                                   f"of a trajectory; drop --nmi")
         run = ckpt["args"]
-        images, y_train = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=True)
-        test_images, y_test = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False)
+        data = (run["dataset"], args.data_dir or run["data_dir"])
+        images, y_train = load_dataset(*data, train=True, classes=run.get("classes"))
+        test_images, y_test = load_dataset(*data, train=False, classes=run.get("classes"))
     out = prepare_out(args.out)  # after the checkpoint and the data: bad input leaves no folder behind
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
     images, y_train = images[perm], y_train[perm]

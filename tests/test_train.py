@@ -544,3 +544,27 @@ def test_the_cpu_preset_codes_at_t_0_4_and_the_sampler_notes_one_level(tmp_path,
     sample.main(["--ckpt", str(out / "ckpt.pt"), "--mode", "recon", "--steps", "1", "--n", "1", "--device", "cpu",
                  "--corrector-steps", "0", "--out", str(tmp_path / "samples")])
     assert "one noise level (t = 0.4" in capsys.readouterr().out
+
+
+def test_the_cifar_preset_is_the_icml_papers_cifar_set_up():
+    """Three resolutions of 32 channels, two residual blocks each, 90k iterations; the papers' recipe."""
+    args = train_drl.parse_args(["--preset", "cifar", "--dataset", "cifar10"])
+    assert (args.ch, args.ch_mult, args.num_res_blocks, args.steps) == (32, "1,1,1", 2, 90_000)
+    assert (args.precond, args.weighting, args.t_sampling, args.lr) == ("paper", "paper", "uniform", 2e-4)
+    from checkpoint import build_nets
+    score_net = build_nets(train_drl.net_config(args, 0.25))["score_net"]
+    x = torch.rand(2, 3, 32, 32)
+    assert score_net(x, torch.rand(2), torch.randn(2, args.latent_dim)).shape == x.shape
+    assert len(score_net.net.down) == 3 * args.num_res_blocks + 2  # two downsamplings: 32, 16, 8
+
+
+def test_classes_keep_those_images_and_renumber_their_labels():
+    from data import DataError, load_dataset
+    images, labels = load_dataset("shapes", classes=[3, 1])
+    all_images, all_labels = load_dataset("shapes")
+    assert torch.equal(images, all_images[(all_labels == 3) | (all_labels == 1)])
+    assert torch.equal(labels, (all_labels[(all_labels == 3) | (all_labels == 1)] == 1).long())
+    with pytest.raises(DataError, match="has classes 0 ... 3"):
+        load_dataset("shapes", classes=[0, 4])
+    with pytest.raises(DataError, match="at most once"):
+        load_dataset("shapes", classes=[1, 1])
