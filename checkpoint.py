@@ -17,7 +17,7 @@ import torch
 
 from baselines import Decoder, Projector
 from encoder import Encoder
-from runtime import WriteError, temp_path
+from runtime import TEMP_FILES, WriteError, temp_path
 from sde import VESDE
 from unet import ScoreNet, UNet
 
@@ -54,6 +54,7 @@ def save_together(files):
             data = obj.encode() if isinstance(obj, str) else obj if isinstance(obj, bytes) else to_bytes(obj)
             tmp = temp_path(path)
             staged.append((tmp, path))
+            TEMP_FILES.add(tmp)
             free = shutil.disk_usage(path.parent).free if path.parent.is_dir() else 0  # before the attempt
             try:
                 tmp.write_bytes(data)
@@ -66,6 +67,7 @@ def save_together(files):
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+            TEMP_FILES.discard(tmp)
 
 
 def save_figure(fig, path, dpi=120):

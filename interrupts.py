@@ -9,8 +9,20 @@ An exception raised inside torch's own import turns into another one, so the pro
 import os
 import signal
 
+CLEANUPS = []  # called before the process leaves on a signal: runtime.clean_up (temporary files, empty folders)
+
 
 def quiet_until_ready():
     for signum, name in ((signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")):
         if signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL):
-            signal.signal(signum, lambda *_, name=name: (os.write(2, f"interrupted ({name})\n".encode()), os._exit(1)))
+            signal.signal(signum, lambda *_, name=name: leave(name))
+
+
+def leave(name):
+    for clean in CLEANUPS:
+        try:
+            clean()
+        except Exception:  # leaving anyway; what could not be cleaned is named NAME.PID.drl-tmp
+            pass
+    os.write(2, f"interrupted ({name})\n".encode())
+    os._exit(1)

@@ -10,6 +10,7 @@ stopping on a signal, one run per folder, its stats rows, torchrun's processes. 
     step_fn = CudaGraphStep(update, device, opt)  # a training step captured once, replayed after
 """
 import argparse
+import atexit
 import fcntl
 import json
 import math
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+import interrupts
 
 
 def pick_device(name=None):
@@ -47,7 +50,22 @@ def autocast(device, amp="bf16", cache=True):
             else nullcontext())
 
 
-MADE_FOLDERS = []  # output folders this process created (prepare_out): an error exit removes them if still empty
+MADE_FOLDERS = []  # folders this process created on the way to an --out (prepare_out), parents first
+TEMP_FILES = set()  # temporary files this process is writing (checkpoint.save_together)
+
+
+def clean_up():
+    """What a stage leaves when it fails or is stopped: none of its temporary files, and none of the folders
+    it made that are still empty. Runs at exit (an error, a traceback) and on Ctrl-C / SIGTERM."""
+    for f in list(TEMP_FILES):
+        Path(f).unlink(missing_ok=True)
+    for folder in reversed(MADE_FOLDERS):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+atexit.register(clean_up)
+interrupts.CLEANUPS.append(clean_up)
 
 
 @contextmanager
@@ -57,9 +75,7 @@ def exit_on(*errors):
     try:
         yield
     except errors as e:
-        for folder in MADE_FOLDERS:
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+        clean_up()
         raise SystemExit(f"error: {e}") from None
 
 
@@ -88,8 +104,9 @@ def prepare_out(path):
         raise SystemExit(f"error: --out {path} is a file; pass a folder")
     try:
         if not path.exists():
+            new = [p for p in (path, *path.parents) if not p.exists()][::-1]  # every folder made, parents first
             path.mkdir(parents=True)
-            MADE_FOLDERS.append(path)
+            MADE_FOLDERS.extend(new)
         probe = path / f".write-test-{os.getpid()}"
         probe.touch()
         probe.unlink()
@@ -168,12 +185,11 @@ def pid_alive(pid):
 class RunFolderLock:
     """Holds a lock on the run folder itself (flock on the folder, no lock file) for this process's
     life; a second run into the same folder is refused. The operating system releases the lock when the
-    process dies, so a killed run never leaves it stuck. `release` also removes the folder if this run
-    made it and left nothing in it."""
+    process dies, so a killed run never leaves it stuck. `release` also removes the folders this run
+    made on the way to it (the folder too) where it left nothing in them."""
 
     def __init__(self, out):
         out = Path(out)
-        self.made = not out.exists()
         self.out = prepare_out(out)
         self.fd = os.open(self.out, os.O_RDONLY)
         try:
@@ -185,8 +201,7 @@ class RunFolderLock:
 
     def release(self):
         os.close(self.fd)
-        if self.made and self.out.is_dir() and not any(self.out.iterdir()):
-            self.out.rmdir()
+        clean_up()
 
 
 class CudaGraphStep:

@@ -426,3 +426,34 @@ def test_the_probe_learns_nothing_from_the_test_codes():
     acc_with_others = linear_probe(x, y, shifted, torch.cat([labels, torch.zeros(300, dtype=torch.long)]))[0]
     correct_first = acc_with_others * 400 - (predict(shifted)[100:].argmax(1) == 0).sum().item()
     assert correct_first == pytest.approx(acc_alone * 100, abs=1e-3)
+
+
+def test_a_failed_run_into_a_nested_path_leaves_none_of_its_folders(tmp_path):
+    with pytest.raises(SystemExit, match="became (nan|inf)"):
+        train_drl.main(TINY + ["--out", str(tmp_path / "X" / "a" / "b" / "c"), "--lr", "1e4", "--warmup", "1",
+                               "--steps", "60", "--save-every", "100", "--log-every", "60"])
+    assert not (tmp_path / "X").exists()
+
+
+@pytest.mark.parametrize("stage", ["sample", "probe"])
+def test_ctrl_c_in_a_stage_leaves_no_folder_and_no_temporary_file(tmp_path, tiny_run, stage):
+    """Ctrl-C while a stage works: one line, exit 1, and its new --out (nested) is gone."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    root = Path(__file__).parent.parent
+    out = tmp_path / "a" / "b"
+    extra = ["--steps", "100000", "--n", "64"] if stage == "sample" else ["--mlp", "--mlp-epochs", "100000"]
+    p = subprocess.Popen([sys.executable, str(root / f"{stage}.py"), "--ckpt", tiny_run("drl"), "--out", str(out),
+                          "--device", "cpu", *extra], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    for _ in range(600):  # until the stage has made its folder and works
+        if out.is_dir():
+            break
+        time.sleep(0.1)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 1 and err.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
+    assert not (tmp_path / "a").exists()
