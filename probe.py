@@ -154,8 +154,24 @@ def parse_args(argv=None):
         p.error(str(e))
     check_numbers(p, args, positive=("max_train", "max_test", "silhouette_n", "knn", "draws", "mlp_epochs"))
     args.ts = float_list(p, args.ts, "--ts", 0, 1)
-    args.weight_decays = float_list(p, args.weight_decays, "--weight-decays", 0)
+    args.weight_decays = float_list(p, args.weight_decays, "--weight-decays", 0, 1e6)
     return args
+
+
+MIN_TRAIN = 100  # a probe's fewest training codes: its held-out 10% must hold some of every class
+
+
+def check_sizes(args, n_train, n_test, n_classes):
+    """--max-train, --max-test and --knn against the data, before any code is encoded."""
+    n_train, n_test = min(n_train, args.max_train or n_train), min(n_test, args.max_test or n_test)
+    least = max(MIN_TRAIN, 10 * n_classes)
+    if n_train < least:
+        raise DataError(f"{n_train} training images are too few to probe {n_classes} classes (the few-shot probes "
+                        f"take 10 a class, the linear probe holds out 10%); pass --max-train {least} or more")
+    if n_test < 2:
+        raise DataError(f"{n_test} test image(s): a probe needs at least 2; raise --max-test")
+    if args.knn >= n_train:
+        raise DataError(f"--knn {args.knn} needs more than {args.knn} training codes and there are {n_train}; lower it")
 
 
 def probe_codes(args, train, y_train, test, y_test, fine=None):
@@ -204,7 +220,9 @@ def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
     runs, dataset, classes, images, y_train, test_images, y_test = load_runs(args, device)
-    out = prepare_out(args.out)  # after the checkpoints and data: bad input leaves no empty folder behind
+    with exit_on(DataError):
+        check_sizes(args, len(images), len(test_images), int(y_train.max()) + 1)
+    out = prepare_out(args.out)  # after the checkpoints, data and sizes: bad input leaves no folder behind
     images, y_train = images[: args.max_train], y_train[: args.max_train]
     test_images, y_test = test_images[: args.max_test], y_test[: args.max_test]
     fine = (shapes_fine_factor(dataset, False, classes)[: args.max_test].to(device) if dataset in MADE_IN_CODE

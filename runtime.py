@@ -82,6 +82,18 @@ def exit_on(*errors):
 SEED_MAX = 2 ** 63 - 1  # what every seed of torch.manual_seed and torch.Generator takes
 
 
+@contextmanager
+def memory_line(flag):
+    """Running out of memory (CUDA's, or the CPU allocator's) as one line that names the flag to lower."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, MemoryError, RuntimeError) as e:
+        if not isinstance(e, (torch.OutOfMemoryError, MemoryError)) and "allocate" not in str(e):
+            raise
+        clean_up()
+        raise SystemExit(f"error: out of memory ({type(e).__name__}); lower {flag}") from None
+
+
 def check_numbers(parser, args, positive=(), non_negative=(), in_unit=()):
     """argparse-style one-line errors for numeric flags: `positive` > 0, `non_negative` >= 0, `in_unit`
     in (0, 1], and --seed (--label-seed) in [0, 2^63 - 1]; NaN and infinity fail every check. Flags left at

@@ -99,6 +99,7 @@ def main(argv=None):
         with exit_on(DataError):
             test_set = load_dataset(run["dataset"], args.data_dir or run["data_dir"], train=False,
                                     classes=run.get("classes"))
+    check_sizes(args, test_set)
     out = prepare_out(args.out)  # after every check: bad input leaves no folder behind
     shape = tuple(ckpt["config"]["score_net"][k] for k in ("in_ch", "image_size", "image_size"))
     ctx = SimpleNamespace(args=args, sde=sde, encoder=encoder, latent=latent, shape=shape, device=device,
@@ -142,6 +143,9 @@ def check_mode(args, ckpt, encoder):
                 "uncond": "a plain score model (--objective score)"}.get(args.mode, "an encoder (--objective drl or vdrl)")
         raise SystemExit(f"error: --mode {args.mode} needs {what}; {args.ckpt} is a {run['objective']} run "
                          f"with latent_dim {latent}")
+    if args.mode == "grid" and encoder is not None and encoder.time_cond:
+        raise SystemExit(f"error: --mode grid lays out codes z of a static encoder; {args.ckpt} codes each image at "
+                         f"every t (E(x0, t)): use --mode recon")
     if run["t_sampling"] == "sigma" and not run["t_uniform_share"]:
         print("note: this run drew sigma uniformly in training, so its score net saw few noise levels below 1 "
               "and samples keep a grain; for samples train with --t-uniform-share or --t-sampling uniform")
@@ -150,6 +154,24 @@ def check_mode(args, ckpt, encoder):
               f"so the sampler's other levels are untrained and its samples are not images; for samples train "
               f"with the cpu preset")
     return latent
+
+
+MAX_IMAGES, MAX_STEPS = 20_000, 100_000  # ceilings of one call: more is hours, or more memory than a machine has
+
+
+def check_sizes(args, test_set):
+    """--n, --per-code and --steps against the test set and the ceilings, before --out is made."""
+    images = {"recon": args.n * args.per_code, "diversity": args.n, "swap": args.n}.get(args.mode, args.n ** 2)
+    need = {"recon": args.n, "diversity": 1, "swap": 2 * args.n}.get(args.mode, 0)
+    if test_set is not None and need > len(test_set[0]):
+        raise SystemExit(f"error: --mode {args.mode} --n {args.n} needs {need} test images and the run's test set has "
+                         f"{len(test_set[0])}; lower --n")
+    if images > MAX_IMAGES:
+        raise SystemExit(f"error: --mode {args.mode} with --n {args.n}" + (f" --per-code {args.per_code}"
+                         if args.mode == "recon" else "") + f" makes {images} images, over this stage's {MAX_IMAGES}; "
+                         f"lower them (or run the stage several times with other --seed)")
+    if args.steps > MAX_STEPS:
+        raise SystemExit(f"error: --steps {args.steps} is over {MAX_STEPS} (the papers' PC sampler takes 1000); lower it")
 
 
 def score_fn_for(score_net, encoder, device, z=None, x0=None):

@@ -42,7 +42,8 @@ import torch.nn.functional as F
 
 from checkpoint import CheckpointError, WriteError, encoder_config, load_run, save_atomic, save_together
 from data import DATASETS, IMAGE_SHAPE, DataError, load_dataset
-from runtime import Parser, autocast, check_numbers, exit_on, float_list, int_list, pick_device, prepare_out
+from runtime import (Parser, autocast, check_numbers, exit_on, float_list, int_list, memory_line, pick_device,
+                     prepare_out)
 from encoder import Encoder
 
 
@@ -310,6 +311,8 @@ def load_data(args):
             keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
             images, labels = images[keep], labels[keep]
         test_images, test_labels = test_images[: args.max_test], test_labels[: args.max_test]
+        if args.batch_size > len(images):
+            raise DataError(f"--batch-size {args.batch_size} is more than the {len(images)} training images; lower it")
         labeled = balanced_subset(labels, args.num_labeled, args.label_seed)
     return encoder, config, dataset, images, labels, test_images, test_labels, labeled
 
@@ -374,7 +377,7 @@ def main(argv=None):
           f"mixup {'on' if args.mixup else 'off'}, {steps} steps per epoch, {device}", flush=True)
     ones, supervised = torch.ones(len(images), device=store), sampler(labeled, args.batch_size)
     log, acc = dict(path=out / "log.jsonl", rows=[]), None
-    with exit_on(WriteError):
+    with exit_on(WriteError), memory_line("--batch-size (or --max-train)"):
         for epoch in range(1, args.warmup_epochs + args.epochs + 1):
             t0 = time.perf_counter()
             if epoch <= args.warmup_epochs or args.supervised_only:

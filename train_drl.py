@@ -36,7 +36,7 @@ from checkpoint import VERSION, CheckpointError, WriteError, build_nets, read_ch
 from codes import probe_encoder
 from data import DataError, data_source, load_dataset
 from runtime import (CudaGraphStep, RunFolderLock, StopRequest, autocast, drop_rows_after, end_world, exit_on,
-                     pick_device, start_world, unwrite_row, world_agrees, write_row)
+                     memory_line, pick_device, start_world, unwrite_row, world_agrees, write_row)
 from speed import benchmark
 from train_flags import RESUME_MUST_MATCH, make_loss, net_config, parse_args
 
@@ -55,6 +55,8 @@ class Training:
         self.ckpt_path = Path(out) / "ckpt.pt"
         # data: the whole set as uint8 on the device; a random batch is one index op
         images, labels = load_dataset(args.dataset, args.data_dir, train=True, classes=args.classes)
+        if args.batch_size > len(images):
+            raise DataError(f"--batch-size {args.batch_size} is more than the {len(images)} training images; lower it")
         test_images, test_labels = load_dataset(args.dataset, args.data_dir, train=False, classes=args.classes)
         sigma_data = round((images[:10_000].float() / 255).std().item(), 4)  # EDM's sigma_data, measured
         self.images = images.to(device)
@@ -320,14 +322,16 @@ def main(argv=None):
         for m in tr.nets.values():
             m.train()
         if args.benchmark:
-            benchmark(tr, args.benchmark)
+            with memory_line("--batch-size"):
+                benchmark(tr, args.benchmark)
         else:
             with exit_on(WriteError):
                 if rank == 0:
                     drop_rows_after(out / "stats.jsonl", tr.step)
                     if tr.step and not (out / "config.json").exists():  # deleted: the checkpoint says it all
                         tr.save()
-                train(tr, out)
+                with memory_line("--batch-size"):
+                    train(tr, out)
     finally:  # however the run ends (a NaN, a second Ctrl-C), the folder is free again
         if lock is not None:
             lock.release()

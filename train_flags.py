@@ -153,6 +153,8 @@ def check_args(p, args):
                                      "save_every", "eval_n", "lr", "enc_lr_mult", "ema", "sigma_min", "sigma_max",
                                      "p_std", "minutes"),
                   non_negative=("warmup", "probe_n", "benchmark", "l1", "kl"))
+    if 0 < args.probe_n < 100:
+        p.error(f"--probe-n must be 0 (no probe) or at least 100 (a probe's fewest codes), not {args.probe_n}")
     if not args.ema < 1:
         p.error(f"--ema must lie in (0, 1), not {args.ema}")
     if not args.sigma_min < args.sigma_max:

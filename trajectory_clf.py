@@ -274,7 +274,28 @@ def parse_args(argv=None):
     args.lrs = float_list(p, args.lrs, "--lrs", 1e-12)
     if args.points < 2:
         p.error("--points must be at least 2")
+    if args.val_frac >= 1:
+        p.error(f"--val-frac must be below 1 (the rest trains), not {args.val_frac}")
+    if args.nmi and args.nmi_n < MIN_NMI_CODES:
+        p.error(f"--nmi-n must be at least {MIN_NMI_CODES} (MINE's batches), not {args.nmi_n}")
+    args.models = parse_models(p, args.models, args.points)
     return args
+
+
+MIN_NMI_CODES = 64
+
+
+def parse_models(p, text, points):
+    """--models as a list of names (spaces trimmed), each one of mlp@K (K < --points), concat, gru,
+    transformer; None for all."""
+    if text is None:
+        return None
+    models = [m.strip() for m in text.split(",") if m.strip()]
+    for m in models:
+        k = m[4:] if m.startswith("mlp@") else None
+        if m not in ("concat", "gru", "transformer") and not (k is not None and k.isdigit() and int(k) < points):
+            p.error(f"--models: {m!r} is not one of mlp@K (K = 0 ... {points - 1}), concat, gru, transformer")
+    return models or None
 
 
 def main(argv=None):
@@ -292,12 +313,16 @@ def main(argv=None):
         data = (run["dataset"], args.data_dir or run["data_dir"])
         images, y_train = load_dataset(*data, train=True, classes=run.get("classes"))
         test_images, y_test = load_dataset(*data, train=False, classes=run.get("classes"))
+        n_train = min(len(images), args.max_train or len(images))
+        if int(args.val_frac * n_train) < 1 or n_train - int(args.val_frac * n_train) < 1:
+            raise DataError(f"{n_train} training images give no validation image at --val-frac {args.val_frac} "
+                            f"(or none to train on); raise --max-train or --val-frac")
     out = prepare_out(args.out)  # after the checkpoint and the data: bad input leaves no folder behind
     perm = torch.randperm(len(images), generator=torch.Generator().manual_seed(args.seed))[: args.max_train]
     images, y_train = images[perm], y_train[perm]
     test_images, y_test = test_images[: args.max_test], y_test[: args.max_test]
     ts = [k / (args.points - 1) for k in range(args.points)]
-    models = args.models.split(",") if args.models else None
+    models = args.models
     if not encoder.time_cond:  # a static code (the AE's, say): the same MLP on its one code, for comparison
         ts, models = [0.0], ["mlp@0"]
         print(f"{args.ckpt}: a static encoder, so one code per image: only the MLP on it", flush=True)

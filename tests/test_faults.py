@@ -457,3 +457,52 @@ def test_ctrl_c_in_a_stage_leaves_no_folder_and_no_temporary_file(tmp_path, tiny
     _, err = p.communicate(timeout=60)
     assert p.returncode == 1 and err.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("stage,argv,says", [
+    ("sample", ["--mode", "swap", "--n", "600"], "needs 1200 test images"),
+    ("sample", ["--per-code", "1000000000000"], "over this stage's"),
+    ("sample", ["--steps", "1000000000000"], "--steps 1000000000000 is over"),
+    ("sample", ["--seed", "100000000000000000000000"], "--seed must be a whole number from 0"),
+    ("probe", ["--max-train", "5"], "too few to probe"),
+    ("probe", ["--knn", "100000"], "--knn 100000 needs more"),
+    ("probe", ["--max-test", "1"], "a probe needs at least 2"),
+    ("probe", ["--weight-decays", "inf"], "--weight-decays values must lie in"),
+    ("trajectory_clf", ["--val-frac", "1"], "--val-frac must be below 1"),
+    ("trajectory_clf", ["--max-train", "5"], "give no validation image"),
+    ("trajectory_clf", ["--models", "foo"], "'foo' is not one of"),
+    ("trajectory_clf", ["--models", "mlp@50"], "'mlp@50' is not one of"),
+    ("trajectory_clf", ["--nmi", "--nmi-n", "1"], "--nmi-n must be at least"),
+    ("semisup", ["--batch-size", "1000000000000"], "is more than the"),
+])
+def test_every_size_is_checked_before_any_work(tmp_path, tiny_run, capsys, stage, argv, says):
+    import importlib
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(stage).main(["--ckpt", tiny_run("tc2" if stage == "trajectory_clf" else "drl"),
+                                             "--out", str(tmp_path / "a" / "b"), "--device", "cpu", *argv])
+    message = str(e.value) if e.value.code not in (1, 2) else capsys.readouterr().err.strip().splitlines()[-1]
+    assert says in message and "\n" not in message
+    assert not (tmp_path / "a").exists()
+
+
+def test_training_sizes_and_a_grid_of_a_time_conditioned_code_are_refused_at_once(tmp_path, tiny_run, capsys):
+    with pytest.raises(SystemExit, match="--batch-size 1000000000000 is more than the 6000 training images"):
+        train_drl.main(TINY + ["--batch-size", "1000000000000", "--out", str(tmp_path / "a" / "b")])
+    with pytest.raises(SystemExit):
+        train_drl.main(TINY + ["--probe-n", "1", "--out", str(tmp_path / "a" / "b")])
+    assert "--probe-n must be 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--mode grid lays out codes z of a static encoder"):
+        sample.main(["--ckpt", tiny_run("tc2"), "--mode", "grid", "--out", str(tmp_path / "a" / "b"), "--device", "cpu"])
+    assert not (tmp_path / "a").exists()
+
+
+def test_out_of_memory_is_one_line_naming_the_flag():
+    import torch
+    from runtime import memory_line
+    for error in (torch.OutOfMemoryError("CUDA out of memory"), RuntimeError("DefaultCPUAllocator: can't allocate memory")):
+        with pytest.raises(SystemExit, match=r"^error: out of memory \(\w+\); lower --batch-size$"):
+            with memory_line("--batch-size"):
+                raise error
+    with pytest.raises(RuntimeError, match="other"):  # other errors pass through
+        with memory_line("--batch-size"):
+            raise RuntimeError("other")
