@@ -72,9 +72,14 @@ def save_together(files):
 
 def save_figure(fig, path, dpi=120):
     """A matplotlib figure as a PNG file, written whole or not at all."""
+    save_atomic(png_bytes(fig, dpi), path)
+
+
+def png_bytes(fig, dpi=120):
+    """A matplotlib figure as PNG bytes (for save_together with the numbers it shows)."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
-    save_atomic(buffer.getvalue(), path)
+    return buffer.getvalue()
 
 
 def to_bytes(obj):

@@ -49,9 +49,11 @@ def cached_codes(cache, key, make):
         except Exception:  # a damaged cache file: encode again and write it anew
             path.unlink(missing_ok=True)
     codes = make().cpu()
+    made = not path.parent.exists()
     try:  # a cache that cannot be written (a full disk) costs time next run, not this run
         path.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(codes, path)
     except (OSError, WriteError):
-        pass
+        if made and path.parent.is_dir() and not any(path.parent.iterdir()):
+            path.parent.rmdir()
     return codes

@@ -32,7 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, WriteError, build_nets, load_run, run_name, save_atomic, save_figure
+from checkpoint import (CheckpointError, WriteError, build_nets, load_run, png_bytes, run_name, save_figure,
+                        save_together)
 from codes import cached_codes, checkpoint_key, encode_images
 from data import MADE_IN_CODE, DataError, load_dataset, shapes_fine_factor
 from linear_probe import accuracy, linear_probe, participation_ratio, standardise
@@ -267,8 +268,8 @@ def main(argv=None):
     meta = dict(dataset=dataset, train_images=len(images), test_images=len(test_images), knn_k=args.knn,
                 few_shot_draws=args.draws, device=str(device))
     with exit_on(WriteError):
-        save_atomic(json.dumps(dict(meta=meta, results=results), indent=2), out / "probe.json")
-        plot(out / "probe.png", results, dataset)
+        save_together({out / "probe.json": json.dumps(dict(meta=meta, results=results), indent=2),  # both or neither
+                       out / "probe.png": plot(results, dataset)})
     print(f"wrote {out / 'probe.json'} and {out / 'probe.png'}")
     return results
 
@@ -297,7 +298,8 @@ def fmt(row):
             + (f" (fine {row['silhouette_fine']:+.3f})" if "silhouette_fine" in row else ""))
 
 
-def plot(path, results, dataset):
+def plot(results, dataset):
+    """PNG bytes of the linear probe and the silhouette against t, a line per run (a code without t: flat)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -314,8 +316,9 @@ def plot(path, results, dataset):
     axes[1].set(xlabel="t", ylabel="silhouette (class labels)", title=f"{dataset}: silhouette")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    save_figure(fig, path)
+    png = png_bytes(fig)
     plt.close(fig)
+    return png
 
 
 def scatter(path, panels, labels, fine=None, n=2000):

@@ -29,7 +29,6 @@ if __name__ == "__main__":
     import interrupts
     interrupts.quiet_until_ready()
 
-import argparse
 import json
 import math
 import time

@@ -506,3 +506,19 @@ def test_out_of_memory_is_one_line_naming_the_flag():
     with pytest.raises(RuntimeError, match="other"):  # other errors pass through
         with memory_line("--batch-size"):
             raise RuntimeError("other")
+
+
+def test_probe_writes_its_numbers_and_figure_together_or_neither(tmp_path, tiny_run, monkeypatch):
+    import errno
+    from pathlib import Path
+    real = Path.write_bytes
+
+    def full_at_the_figure(self, data):
+        if self.name.startswith("probe.png"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+    monkeypatch.setattr(Path, "write_bytes", full_at_the_figure)
+    with pytest.raises(SystemExit, match="^error: cannot write .*probe.png"):
+        probe.main(["--ckpt", tiny_run("drl"), "--out", str(tmp_path / "p"), "--device", "cpu", "--max-train", "200",
+                    "--max-test", "100", "--no-baselines"])
+    assert not (tmp_path / "p" / "probe.json").exists()

@@ -95,7 +95,7 @@ def test_the_shipped_model_samples_and_probes_with_no_training(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     fake_fashion_mnist(data)
-    run_lines(pictures[0] + [f"python probe.py --ckpt pretrained/fashion_mnist-drl/ckpt.pt --out probes/shipped"],
+    run_lines(pictures[0] + ["python probe.py --ckpt pretrained/fashion_mnist-drl/ckpt.pt --out probes/shipped"],
               tmp_path, extra=f"--data-dir {data}")
     assert (tmp_path / "pics/recon.png").is_file() and (tmp_path / "pics/swap.png").is_file()
     assert (tmp_path / "probes/shipped/probe.json").is_file()
