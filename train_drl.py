@@ -95,13 +95,16 @@ class Training:
     # ---- the step ----
 
     def train_step(self, x0):
-        """One step at this step's learning rate (linear warm-up, then constant) and EMA weight (TensorFlow's
-        warm-up: early averages forget fast, so a short run's EMA copy is not stuck near its initialisation)."""
-        lr = self.args.lr * min(1.0, (self.step + 1) / max(1, self.args.warmup))
+        """One step at this step's learning rate and EMA weight (TensorFlow's warm-up: early averages forget
+        fast, so a short run's EMA copy is not stuck near its initialisation)."""
         ema_weight = 1 - min(self.args.ema, (1 + self.step) / (10 + self.step))
-        loss, reg = self.step_fn(x0, lr, ema_weight)
+        loss, reg = self.step_fn(x0, self.learning_rate(), ema_weight)
         self.step += 1
         return loss, reg
+
+    def learning_rate(self):
+        """Linear warm-up, then constant."""
+        return self.args.lr * min(1.0, (self.step + 1) / max(1, self.args.warmup))
 
     def update(self, x0, lr, ema_weight):
         """Forward, backward, clip, AdamW, EMA; returns the (loss, reg) tensors without a host sync.

@@ -55,7 +55,7 @@ def test_without_a_run_the_encoder_is_train_drl_s(tmp_path):
     """--init random --dataset NAME builds the encoder train_drl.py's cpu preset builds (one builder)."""
     import train_flags
     args = semisup.parse_args(["--init", "random", "--dataset", "shapes", "--device", "cpu"])
-    _, config, _, _ = semisup.build_encoder(args)
+    _, config, _, _, _ = semisup.build_encoder(args)
     run = train_flags.net_config(train_flags.parse_args(["--dataset", "shapes"]), 0.3)["encoder"]
     assert {k: run[k] for k in config} == config and config["ch_mult"] == [1, 2] and config["num_res_blocks"] == 1
 

@@ -44,7 +44,7 @@ def test_end_to_end_and_checkpoint_round_trip(tmp_path, objective, extra):
 
 def test_resume_continues_exactly(tmp_path):
     """Bit-exact with the probe on: probing at a save must not draw from the training RNG."""
-    probe = ["--probe-n", "40"]
+    probe = ["--probe-n", "100"]
     straight = run(tmp_path, "straight", "--steps", "6", "--save-every", "3", *probe)
     resumed = run(tmp_path, "resumed", "--steps", "3", "--save-every", "3", *probe)
     run(tmp_path, "resumed", "--steps", "6", "--save-every", "3", *probe)
@@ -465,13 +465,13 @@ def test_bad_numbers_get_one_argparse_line(tmp_path, capsys, flags, says):
 
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
     lock = train_drl.RunFolderLock(tmp_path / "busy")
-    (tmp_path / "busy" / "ckpt.pt.123.tmp").write_text("stale")
+    (tmp_path / "busy" / "ckpt.pt.999999999.drl-tmp").write_text("stale")  # of a process that no longer runs
     with pytest.raises(SystemExit, match="in use by another train_drl.py run"):
         run(tmp_path, "busy", "--steps", "2")
-    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["ckpt.pt.123.tmp"]  # no lock file, no rows
+    assert [p.name for p in (tmp_path / "busy").iterdir()] == ["ckpt.pt.999999999.drl-tmp"]  # no lock file, no rows
     lock.release()  # as when the first run's process ends, however it ends
     run(tmp_path, "busy", "--steps", "2")
-    assert not list((tmp_path / "busy").glob("*.tmp"))
+    assert not list((tmp_path / "busy").glob("*.drl-tmp"))
 
 
 def test_progress_by_time_with_eta_and_a_cpu_hours_note(tmp_path, monkeypatch, capsys):
