@@ -9,7 +9,7 @@ import torch
 from checkpoint import WriteError, save_atomic
 from encoder import encode
 from linear_probe import linear_probe, participation_ratio
-from runtime import autocast, remove_stale_temps
+from runtime import CACHE_FILES, MADE_FOLDERS, autocast, remove_stale_temps
 
 
 @torch.no_grad()
@@ -49,11 +49,13 @@ def cached_codes(cache, key, make):
         except Exception:  # a damaged cache file: encode again and write it anew
             path.unlink(missing_ok=True)
     codes = make().cpu()
-    made = not path.parent.exists()
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True)
+        MADE_FOLDERS.append(path.parent)  # gone again if nothing lands in it (a full disk, Ctrl-C)
     try:  # a cache that cannot be written (a full disk) costs time next run, not this run
-        path.parent.mkdir(parents=True, exist_ok=True)
         save_atomic(codes, path)
+        CACHE_FILES.add(path)
     except (OSError, WriteError):
-        if made and path.parent.is_dir() and not any(path.parent.iterdir()):
+        if path.parent.is_dir() and not any(path.parent.iterdir()):
             path.parent.rmdir()
     return codes

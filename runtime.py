@@ -52,12 +52,14 @@ def autocast(device, amp="bf16", cache=True):
 
 MADE_FOLDERS = []  # folders this process created on the way to an --out (prepare_out), parents first
 TEMP_FILES = set()  # temporary files this process is writing (checkpoint.save_together)
+CACHE_FILES = set()  # cache files this process wrote (codes.cached_codes): a stage stopped by a signal takes them back
 
 
-def clean_up():
-    """What a stage leaves when it fails or is stopped: none of its temporary files, and none of the folders
-    it made that are still empty. Runs at exit (an error, a traceback) and on Ctrl-C / SIGTERM."""
-    for f in list(TEMP_FILES):
+def clean_up(interrupted=False):
+    """What a stage leaves when it fails or is stopped: none of its temporary files (nor, stopped by Ctrl-C or
+    SIGTERM, the caches it wrote), and none of the folders it made that are then empty. Runs at exit (an
+    error, a traceback) and on Ctrl-C / SIGTERM."""
+    for f in list(TEMP_FILES) + (list(CACHE_FILES) if interrupted else []):
         Path(f).unlink(missing_ok=True)
     for folder in reversed(MADE_FOLDERS):
         if folder.is_dir() and not any(folder.iterdir()):
@@ -65,7 +67,7 @@ def clean_up():
 
 
 atexit.register(clean_up)
-interrupts.CLEANUPS.append(clean_up)
+interrupts.CLEANUPS.append(lambda: clean_up(interrupted=True))
 
 
 @contextmanager
