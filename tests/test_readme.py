@@ -18,7 +18,7 @@ SHIPPED = ROOT / "pretrained" / "fashion_mnist-drl" / "ckpt.pt"
 SHRINK = {  # appended to each stage's line: the same path at a test's budget (the last value of a flag wins)
     "train_drl.py": "--steps 2 --batch-size 8 --eval-n 8 --save-every 2 --log-every 2 --probe-n 0 --device cpu",
     "sample.py": "--n 2 --per-code 1 --steps 2 --device cpu",
-    "probe.py": "--max-train 300 --max-test 100 --draws 1 --silhouette-n 100 --device cpu",
+    "probe.py": "--max-train 300 --max-test 100 --draws 1 --silhouette-n 100 --weight-decays 0 --device cpu",
     "trajectory_clf.py": "--points 3 --epochs 1 --seeds 1 --lrs 1e-3 --max-train 300 --max-test 100 --nmi-steps 2 "
                          "--nmi-n 100 --device cpu",
     "semisup.py": "--max-train 300 --max-test 100 --warmup-epochs 1 --epochs 1 --k 5 --device cpu",
