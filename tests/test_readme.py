@@ -108,7 +108,7 @@ def test_the_recipe_block_pastes_and_runs(tmp_path):
     for name in ("sde.py", "unet.py", "encoder.py", "samplers.py"):
         shutil.copy(ROOT / name, tmp_path / name)
     (tmp_path / "recipe.py").write_text(block + "print(tuple(samples.shape), nfe)\n")
-    out = subprocess.run([sys.executable, "recipe.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-I", "recipe.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "(4, 1, 28, 28) 20"
 
