@@ -17,6 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from stats import mean_std, verdict, welch  # noqa: E402
 
+pfmt = lambda p: "p < 0.001" if p < 0.001 else f"p = {p:.3f}"  # noqa: E731
+
 PROBES = {"linear": "linear", "k-NN": "knn", "1-shot": "few_shot_1", "5-shot": "few_shot_5",
           "10-shot": "few_shot_10"}
 
@@ -59,7 +61,7 @@ def main(argv=None):
         cells = []
         for k in PROBES.values():
             diff, _, _, pval = welch([100 * r[k] for r in rows], [100 * r[k] for r in ref])
-            cells.append(f"{diff:+.2f}, p = {pval:.3f}: {verdict(pval, diff)}")
+            cells.append(f"{diff:+.2f}, {pfmt(pval)}: {verdict(pval, diff)}")
         print(f"| {name} | " + " | ".join(cells) + " |")
 
 
