@@ -29,7 +29,8 @@ class DataError(Exception):
 def read_idx(path, ndim):
     """Read an IDX file of unsigned bytes with `ndim` dimensions (plain or .gz) into a numpy array. A file
     that is not one, or holds fewer or more bytes than its header promises, raises DataError."""
-    redo = "download it again, or reinstall the package it came from (apt-get install --reinstall dataset-fashion-mnist)"
+    redo = ("download it again, or reinstall the package it came from (apt-get install --reinstall "
+            "dataset-fashion-mnist)")
     try:
         with (gzip.open if str(path).endswith(".gz") else open)(path, "rb") as f:
             header = f.read(4)

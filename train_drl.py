@@ -144,12 +144,12 @@ class Training:
             total = sum(self.compute_loss(self.emas, x0)[0].item() * len(x0) for x0 in self.eval_x0.split(250))
         return total / len(self.eval_x0)
 
-    def checked_eval(self, last_saved):
+    def checked_eval(self, n_sum, last_saved):
         """At a save: the eval loss and the linear probe, after checking that the weights are finite."""
         row = dict(eval_loss=self.eval_loss())
         weights = (p for m in (*self.nets.values(), *self.emas.values()) for p in m.parameters())
         if not (math.isfinite(row["eval_loss"]) and all(torch.isfinite(p).all() for p in weights)):
-            raise SystemExit(nan_message(row["eval_loss"], self, 0, last_saved, where="weights"))
+            raise SystemExit(nan_message(row["eval_loss"], self, n_sum, last_saved, where="weights"))
         if self.args.probe_n and "encoder" in self.emas:
             row.update(probe_encoder(self.emas["encoder"], *self.probe_data, self.device))
         return row
@@ -231,7 +231,7 @@ def train(tr, out):
             row = interval_row(tr, sums, n_sum, t0, last_saved)
             if rank == 0:
                 if at_save:
-                    row.update(tr.checked_eval(last_saved))
+                    row.update(tr.checked_eval(n_sum, last_saved))
                 print(log_line(row, tr, budget), flush=True)
                 # the row goes first: a run killed before the checkpoint lands drops it on resume, and a
                 # save that fails takes it back, so stats.jsonl ends at the checkpoint's step
