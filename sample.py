@@ -246,6 +246,8 @@ def mode_recon(ctx):
     rows = torch.cat([x0[:, None], x.reshape(len(x0), k, *ctx.shape)], 1)
     made = dict(grid=rows.flatten(0, 1), nrow=k + 1, samples=x, nfe=nfe, images=len(src),
                 labels=y0.repeat_interleave(k, 0))  # each sample's source image's class
+    if k > 1:  # diversity (Fig. 11): the pixel std among one code's samples, in [0, 1], averaged over pixels and codes
+        ctx.info["per_code_pixel_std"] = x.clamp(0, 1).reshape(len(x0), k, -1).std(1).mean().item()
     if args.mode == "recon" and args.nn_eval:
         ctx.info.update(nn_eval(ctx.sde, ctx.score_fn_for, *ctx.test_images(100, labels=True), ctx.sample_fn))
         made["images"] += 200

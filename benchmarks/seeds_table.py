@@ -3,18 +3,23 @@ group against the first (the reference), with the word its p-value earns.
 
     python benchmarks/seeds_table.py ae='probes/ae-s*/probe.json' drl='probes/drl-s*/probe.json'
     python benchmarks/seeds_table.py ae='probes/ae-s*/probe.json' tc='probes/tc-s*/probe.json' --t 0.4
+    python benchmarks/seeds_table.py 0.2='probes/t0.2-s*/probe.json' 0.5='probes/t0.5-s*/probe.json' \
+        --plot silhouette.png --metrics silhouette,silhouette_fine --xlabel "training t"
 
 Each probe.json (probe.py) gives one seed: its first run's row (at --t for a time-conditioned code).
 Prints two markdown tables: the groups' numbers, and each group minus the reference with its p-value
-("ahead" / "behind" at p < 0.05, "level" otherwise).
+("ahead" / "behind" at p < 0.05, "level" otherwise). With --plot, groups named by numbers (a training t,
+a code width) are also drawn: each metric's mean ± std over the seeds against the number.
 """
 import argparse
 import glob
+import io
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from checkpoint import save_together  # noqa: E402
 from stats import mean_std, verdict, welch  # noqa: E402
 
 pfmt = lambda p: "p < 0.001" if p < 0.001 else f"p = {p:.3f}"  # noqa: E731
@@ -38,7 +43,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("groups", nargs="+", help="NAME=GLOB of probe.json files, one per seed; the first is the reference")
     p.add_argument("--t", type=float, default=None, help="the t to read of a time-conditioned code")
+    p.add_argument("--plot", default=None, help="a PNG of --metrics against the groups' names, which are numbers")
+    p.add_argument("--metrics", default="linear", help="--plot: probe.json keys, comma-separated (for example "
+                   "linear,knn or silhouette,silhouette_fine)")
+    p.add_argument("--xlabel", default="group", help="--plot: what the groups' names are")
     args = p.parse_args(argv)
+    if args.plot:
+        try:
+            [float(spec.split("=", 1)[0]) for spec in args.groups]
+        except ValueError:
+            raise SystemExit("error: --plot draws against the groups' names, so name each group by a number "
+                             "(for example 0.2='probes/t0.2-s*/probe.json')") from None
     groups = {}
     for spec in args.groups:
         name, pattern = spec.split("=", 1)
@@ -63,6 +78,34 @@ def main(argv=None):
             diff, _, _, pval = welch([100 * r[k] for r in rows], [100 * r[k] for r in ref])
             cells.append(f"{diff:+.2f}, {pfmt(pval)}: {verdict(pval, diff)}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if args.plot:
+        metrics = args.metrics.split(",")
+        missing = [m for m in metrics if any(m not in r for rows in groups.values() for r in rows)]
+        if missing:
+            raise SystemExit(f"error: --metrics {','.join(missing)} is not in every probe.json; pick from "
+                             f"{', '.join(k for k in ref[0] if k != 't')}")
+        save_together({args.plot: plot(groups, metrics, args.xlabel)})
+        print(f"wrote {args.plot}")
+
+
+def plot(groups, metrics, xlabel):
+    """PNG bytes: one panel per metric, its mean ± std over the seeds against each group's number."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    xs = [float(name) for name in groups]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        stats = [mean_std([r[metric] for r in rows]) for rows in groups.values()]
+        ax.errorbar(xs, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3)
+        seeds = sorted({len(rows) for rows in groups.values()})
+        ax.set(xlabel=xlabel, ylabel=metric, title=f"{metric}, mean ± std of {'/'.join(map(str, seeds))} seeds")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    plt.close(fig)
+    return png.getvalue()
 
 
 if __name__ == "__main__":

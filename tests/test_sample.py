@@ -127,6 +127,14 @@ def test_every_mode_end_to_end(tmp_path, runs, mode, run):
     assert info["mode"] == mode and info["nfe_per_image"] == 6 and (tmp_path / f"{mode}.png").stat().st_size > 0
 
 
+def test_diversity_is_the_pixel_std_among_one_codes_samples(tmp_path, runs):
+    sample.main(["--ckpt", str(runs["vdrl2"]), "--mode", "recon", "--n", "2", "--per-code", "3", "--steps", "3",
+                 "--save-tensor", "--out", str(tmp_path), "--device", "cpu"])
+    x = torch.load(tmp_path / "recon.pt")["samples"].clamp(0, 1)  # sources' samples in order: 3 of code 0, 3 of 1
+    by_hand = [x[3 * i: 3 * i + 3].std(0).mean().item() for i in range(2)]  # per pixel over samples, then the mean
+    assert json.loads((tmp_path / "recon.json").read_text())["per_code_pixel_std"] == pytest.approx(sum(by_hand) / 2)
+
+
 def test_nn_eval_reports_both_pairings(tmp_path, runs):
     sample.main(["--ckpt", str(runs["tc"]), "--mode", "recon", "--nn-eval", "--steps", "2", "--n", "2",
                  "--out", str(tmp_path), "--device", "cpu", "--corrector-steps", "0"])

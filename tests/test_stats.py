@@ -1,0 +1,58 @@
+"""Welch's t-test against closed forms and tables, and benchmarks/seeds_table.py on made-up probe.json files."""
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import seeds_table  # noqa: E402
+
+
+@pytest.mark.parametrize("t", [0.3, 1.0, 2.5, 12.0])
+def test_t_tail_equals_its_closed_forms(t):
+    assert stats.student_t_sf2(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), abs=1e-9)  # Cauchy
+    assert stats.student_t_sf2(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-9)
+    assert stats.student_t_sf2(-t, 2) == stats.student_t_sf2(t, 2)
+
+
+@pytest.mark.parametrize("t,df,p", [(2.228, 10, 0.05), (2.776, 4, 0.05), (3.355, 8, 0.01), (1.96, 1e6, 0.05)])
+def test_t_tail_matches_the_tables(t, df, p):
+    assert stats.student_t_sf2(t, df) == pytest.approx(p, abs=2e-4)
+
+
+def test_welch_by_hand():
+    a, b = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0]  # variances 5/3 and 4, so va = 5/12 and vb = 4/3
+    va, vb = 5 / 12, 4 / 3
+    diff, t, df, p = stats.welch(a, b)
+    assert diff == pytest.approx(-1.5) and t == pytest.approx(-1.5 / math.sqrt(va + vb))
+    assert df == pytest.approx((va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 2))
+    assert p == pytest.approx(stats.student_t_sf2(t, df)) and stats.verdict(p, diff) == "level"
+    assert stats.verdict(0.01, -1.0) == "behind" and stats.verdict(0.01, 1.0) == "ahead"
+    assert stats.welch_from_stats(2.5, stats.mean_std(a)[1], 4, 4.0, 2.0, 3) == pytest.approx((diff, t, df, p))
+
+
+def write_probe(path, linear, silhouette):
+    row = dict(t=None, linear=linear, knn=linear, few_shot_1=0.4, few_shot_5=0.6, few_shot_10=0.7,
+               silhouette=silhouette, participation_ratio=3.0)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(dict(meta={}, results={"raw_pixels": {}, "run": {"per_t": [row]}})))
+
+
+def test_seeds_table_prints_the_welch_row_and_draws_the_curve(tmp_path, capsys):
+    for name, linears in (("0.2", (0.80, 0.82, 0.81)), ("0.5", (0.90, 0.91, 0.92))):
+        for seed, linear in enumerate(linears):
+            write_probe(tmp_path / f"t{name}-s{seed}" / "probe.json", linear, silhouette=linear - 0.5)
+    groups = [f"{name}={tmp_path}/t{name}-s*/probe.json" for name in ("0.2", "0.5")]
+    seeds_table.main(groups + ["--plot", str(tmp_path / "curve.png"), "--metrics", "linear,silhouette"])
+    out = capsys.readouterr().out
+    diff, _, _, p = stats.welch([90, 91, 92], [80, 82, 81])
+    assert "| 0.5 | 3 | 90.00 / 91.00 / 92.00 |" in out and f"{diff:+.2f}, {seeds_table.pfmt(p)}: ahead" in out
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="name each group by a number"):
+        seeds_table.main([f"wide={tmp_path}/t0.2-s*/probe.json", groups[1], "--plot", str(tmp_path / "x.png")])
+    with pytest.raises(SystemExit, match="not in every probe.json"):
+        seeds_table.main(groups + ["--plot", str(tmp_path / "x.png"), "--metrics", "silhouette_fine"])
