@@ -5,11 +5,14 @@ group against the first (the reference), with the word its p-value earns.
     python benchmarks/seeds_table.py ae='probes/ae-s*/probe.json' tc='probes/tc-s*/probe.json' --t 0.4
     python benchmarks/seeds_table.py 0.2='probes/t0.2-s*/probe.json' 0.5='probes/t0.5-s*/probe.json' \
         --plot silhouette.png --metrics silhouette,silhouette_fine --xlabel "training t"
+    python benchmarks/seeds_table.py ae='probes/ae-s*/probe.json' tc='probes/tc-s*/probe.json' --t 0.4 \
+        --along-t fig4.png
 
 Each probe.json (probe.py) gives one seed: its first run's row (at --t for a time-conditioned code).
 Prints two markdown tables: the groups' numbers, and each group minus the reference with its p-value
 ("ahead" / "behind" at p < 0.05, "level" otherwise). With --plot, groups named by numbers (a training t,
-a code width) are also drawn: each metric's mean ± std over the seeds against the number.
+a code width) are also drawn: each metric's mean ± std over the seeds against the number. With --along-t,
+each metric against t (the paper's Fig. 4): a time-conditioned code is a curve, a static code a line.
 """
 import argparse
 import glob
@@ -28,10 +31,14 @@ PROBES = {"linear": "linear", "k-NN": "knn", "1-shot": "few_shot_1", "5-shot": "
           "10-shot": "few_shot_10"}
 
 
-def seed_row(path, t):
+def seed_rows(path):
+    """The probe rows (one per t; one with t None for a static code) of a probe.json's first run."""
     results = json.loads(Path(path).read_text())["results"]
-    name = next(k for k in results if k not in ("raw_pixels", "random_encoder"))
-    rows = results[name]["per_t"]
+    return results[next(k for k in results if k not in ("raw_pixels", "random_encoder"))]["per_t"]
+
+
+def seed_row(path, t):
+    rows = seed_rows(path)
     if t is not None:
         rows = [r for r in rows if r["t"] is not None and abs(r["t"] - t) < 1e-9] or rows
     if len(rows) != 1:
@@ -47,6 +54,8 @@ def main(argv=None):
     p.add_argument("--metrics", default="linear", help="--plot: probe.json keys, comma-separated (for example "
                    "linear,knn or silhouette,silhouette_fine)")
     p.add_argument("--xlabel", default="group", help="--plot: what the groups' names are")
+    p.add_argument("--along-t", default=None, help="a PNG of --metrics against t: a curve per time-conditioned "
+                   "group, a line per static one")
     args = p.parse_args(argv)
     if args.plot:
         try:
@@ -78,15 +87,19 @@ def main(argv=None):
             diff, _, _, pval = welch([100 * r[k] for r in rows], [100 * r[k] for r in ref])
             cells.append(f"{diff:+.2f}, {pfmt(pval)}: {verdict(pval, diff)}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    metrics = args.metrics.split(",")
+    runs = {name: [seed_rows(path) for path in sorted(glob.glob(pattern))]
+            for name, pattern in (spec.split("=", 1) for spec in args.groups)}
+    missing = [m for m in metrics if any(m not in r for seeds in runs.values() for rows in seeds for r in rows)]
+    if (args.plot or args.along_t) and missing:
+        raise SystemExit(f"error: --metrics {','.join(missing)} is not in every probe.json; pick from "
+                         f"{', '.join(k for k in ref[0] if k != 't')}")
     if args.plot:
-        metrics = args.metrics.split(",")
-        missing = [m for m in metrics if any(m not in r for rows in groups.values() for r in rows)]
-        if missing:
-            raise SystemExit(f"error: --metrics {','.join(missing)} is not in every probe.json; pick from "
-                             f"{', '.join(k for k in ref[0] if k != 't')}")
         save_together({args.plot: plot(groups, metrics, args.xlabel)})
         print(f"wrote {args.plot}")
-
+    if args.along_t:
+        save_together({args.along_t: plot_along_t(runs, metrics)})
+        print(f"wrote {args.along_t}")
 
 def plot(groups, metrics, xlabel):
     """PNG bytes: one panel per metric, its mean ± std over the seeds against each group's number."""
@@ -101,6 +114,36 @@ def plot(groups, metrics, xlabel):
         seeds = sorted({len(rows) for rows in groups.values()})
         ax.set(xlabel=xlabel, ylabel=metric, title=f"{metric}, mean ± std of {'/'.join(map(str, seeds))} seeds")
         ax.grid(alpha=0.3)
+    return png_bytes(fig)
+
+
+def plot_along_t(runs, metrics):
+    """PNG bytes: one panel per metric against t; each group's mean ± std over its seeds, at every t its
+    probe.json files hold (a time-conditioned code) or as a horizontal band (a static code)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, (name, seeds) in enumerate(runs.items()):
+            colour, label = f"C{i}", f"{name} ({len(seeds)} seeds)"
+            ts = sorted({r["t"] for rows in seeds for r in rows if r["t"] is not None})
+            if not ts:
+                m, s = mean_std([rows[0][metric] for rows in seeds])
+                ax.axhline(m, color=colour, ls="--", label=label)
+                ax.axhspan(m - s, m + s, color=colour, alpha=0.15)
+                continue
+            stats = [mean_std([r[metric] for rows in seeds for r in rows if r["t"] == t]) for t in ts]
+            ax.errorbar(ts, [m for m, _ in stats], yerr=[s for _, s in stats], color=colour, marker="o",
+                        capsize=3, label=label)
+        ax.set(xlabel="t", ylabel=metric, title=f"{metric} against t")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8)
+    return png_bytes(fig)
+
+
+def png_bytes(fig):
+    import matplotlib.pyplot as plt
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=100)

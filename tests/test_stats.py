@@ -56,3 +56,19 @@ def test_seeds_table_prints_the_welch_row_and_draws_the_curve(tmp_path, capsys):
         seeds_table.main([f"wide={tmp_path}/t0.2-s*/probe.json", groups[1], "--plot", str(tmp_path / "x.png")])
     with pytest.raises(SystemExit, match="not in every probe.json"):
         seeds_table.main(groups + ["--plot", str(tmp_path / "x.png"), "--metrics", "silhouette_fine"])
+
+
+def test_seeds_table_draws_a_time_conditioned_code_along_t(tmp_path, capsys):
+    for seed in range(2):
+        write_probe(tmp_path / f"ae-s{seed}" / "probe.json", 0.85 + seed / 100, silhouette=0.1)
+        rows = [dict(t=t, linear=0.8 + t / 10, knn=0.8, few_shot_1=0.4, few_shot_5=0.6, few_shot_10=0.7,
+                     silhouette=0.2, participation_ratio=4.0) for t in (0.0, 0.5, 1.0)]
+        path = tmp_path / f"tc-s{seed}" / "probe.json"
+        path.parent.mkdir()
+        path.write_text(json.dumps(dict(meta={}, results={"tc": {"per_t": rows}})))
+    groups = [f"ae={tmp_path}/ae-s*/probe.json", f"tc={tmp_path}/tc-s*/probe.json"]
+    with pytest.raises(SystemExit, match="pass --t"):
+        seeds_table.main(groups)
+    seeds_table.main(groups + ["--t", "0.5", "--along-t", str(tmp_path / "fig4.png"), "--metrics", "linear,knn"])
+    assert "| tc | 2 | 85.00 / 85.00 |" in capsys.readouterr().out  # the row at t = 0.5 of each seed
+    assert (tmp_path / "fig4.png").read_bytes()[:4] == b"\x89PNG"
