@@ -66,21 +66,37 @@ def test_help_descriptions_are_whole_sentences(stage, capsys):
     assert first in text and first.endswith((".", "?", ")"))
 
 
-@pytest.mark.parametrize("signame,says", [("SIGINT", "interrupted (Ctrl-C)"), ("SIGTERM", "interrupted (SIGTERM)")])
-def test_a_signal_while_starting_is_one_line(tmp_path, signame, says):
-    """Ctrl-C or SIGTERM while torch is imported or the data read: one line on stderr, exit 1."""
+def signalled(argv, signame, ready=lambda: True):
+    """Start a stage, wait until ready() (at most 60 s), send the signal; (exit code, stderr). The child gets
+    Ctrl-C's default action whatever this process inherited (a job started in the background, under nohup
+    or by a CI runner ignores SIGINT, and so would the stage: the convention a stage keeps), and is killed
+    if it outlives the test."""
     import signal
     import subprocess
     import sys
     import time
     from pathlib import Path
-    root = Path(__file__).parent.parent
-    p = subprocess.Popen([sys.executable, str(root / "train_drl.py"), "--dataset", "shapes", "--out",
-                          str(tmp_path / "o")], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    time.sleep(0.5)
-    p.send_signal(getattr(signal, signame))
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 1 and err.strip() == says
+    p = subprocess.Popen([sys.executable, str(Path(__file__).parent.parent / argv[0]), *argv[1:]],
+                         stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for _ in range(600):
+            if ready():
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        p.send_signal(getattr(signal, signame))
+        return p.wait(timeout=60), p.communicate()[1]
+    finally:
+        p.kill()
+        p.communicate()
+
+
+@pytest.mark.parametrize("signame,says", [("SIGINT", "interrupted (Ctrl-C)"), ("SIGTERM", "interrupted (SIGTERM)")])
+def test_a_signal_while_starting_is_one_line(tmp_path, signame, says):
+    """Ctrl-C or SIGTERM while torch is imported or the data read: one line on stderr, exit 1."""
+    code, err = signalled(["train_drl.py", "--dataset", "shapes", "--out", str(tmp_path / "o")], signame)
+    assert code == 1 and err.strip() == says
 
 
 def test_sigterm_names_itself(capsys):
@@ -438,24 +454,12 @@ def test_a_failed_run_into_a_nested_path_leaves_none_of_its_folders(tmp_path):
 @pytest.mark.parametrize("stage", ["sample", "probe"])
 def test_ctrl_c_in_a_stage_leaves_no_folder_and_no_temporary_file(tmp_path, tiny_run, stage):
     """Ctrl-C while a stage works: one line, exit 1, and its new --out (nested) is gone."""
-    import signal
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
-    root = Path(__file__).parent.parent
     out = tmp_path / "a" / "b"
     extra = ["--steps", "100000", "--n", "64"] if stage == "sample" else ["--mlp", "--mlp-epochs", "100000"]
-    p = subprocess.Popen([sys.executable, str(root / f"{stage}.py"), "--ckpt", tiny_run("drl"), "--out", str(out),
-                          "--device", "cpu", *extra], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    for _ in range(600):  # until the stage has made its folder and works (for probe: has written its cache)
-        if out.is_dir() and (stage == "sample" or list(out.glob("cache/*.pt"))):
-            break
-        time.sleep(0.1)
-    time.sleep(0.5)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 1 and err.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
+    code, err = signalled([f"{stage}.py", "--ckpt", tiny_run("drl"), "--out", str(out), "--device", "cpu", *extra],
+                          "SIGINT",  # once the stage has made its folder and works (probe: has written its cache)
+                          ready=lambda: out.is_dir() and (stage == "sample" or bool(list(out.glob("cache/*.pt")))))
+    assert code == 1 and err.strip().splitlines()[-1] == "interrupted (Ctrl-C)"
     assert not (tmp_path / "a").exists()
 
 
