@@ -52,6 +52,8 @@ def test_seeds_table_prints_the_welch_row_and_draws_the_curve(tmp_path, capsys):
     diff, _, _, p = stats.welch([90, 91, 92], [80, 82, 81])
     assert "| 0.5 | 3 | 90.00 / 91.00 / 92.00 |" in out and f"{diff:+.2f}, {seeds_table.pfmt(p)}: ahead" in out
     assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    seeds_table.main([groups[0], f"0.9={tmp_path}/t0.5-s0/probe.json"])  # one seed: its difference, no test
+    assert "| 0.9 | +9.00, one seed: no test |" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="name each group by a number"):
         seeds_table.main([f"wide={tmp_path}/t0.2-s*/probe.json", groups[1], "--plot", str(tmp_path / "x.png")])
     with pytest.raises(SystemExit, match="not in every probe.json"):
