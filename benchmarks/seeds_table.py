@@ -37,8 +37,8 @@ def seed_rows(path):
     return results[next(k for k in results if k not in ("raw_pixels", "random_encoder"))]["per_t"]
 
 
-def seed_row(path, t):
-    rows = seed_rows(path)
+def seed_row(rows, t, path):
+    """One seed's row: the static code's, or the time-conditioned code's at t."""
     if t is not None:
         rows = [r for r in rows if r["t"] is not None and abs(r["t"] - t) < 1e-9] or rows
     if len(rows) != 1:
@@ -63,13 +63,14 @@ def main(argv=None):
         except ValueError:
             raise SystemExit("error: --plot draws against the groups' names, so name each group by a number "
                              "(for example 0.2='probes/t0.2-s*/probe.json')") from None
-    groups = {}
+    runs, groups = {}, {}  # per group: every seed's rows (each probe.json read once), and its row at --t
     for spec in args.groups:
         name, pattern = spec.split("=", 1)
         paths = sorted(glob.glob(pattern))
         if not paths:
             raise SystemExit(f"error: {pattern} matches no probe.json file")
-        groups[name] = [seed_row(path, args.t) for path in paths]
+        runs[name] = [seed_rows(path) for path in paths]
+        groups[name] = [seed_row(rows, args.t, path) for rows, path in zip(runs[name], paths)]
     print("| group | seeds | linear per seed | " + " | ".join(PROBES) + " | dim |")
     print("|---" * (len(PROBES) + 4) + "|")
     for name, rows in groups.items():
@@ -92,8 +93,6 @@ def main(argv=None):
             cells.append(f"{diff:+.2f}, {pfmt(pval)}: {verdict(pval, diff)}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     metrics = args.metrics.split(",")
-    runs = {name: [seed_rows(path) for path in sorted(glob.glob(pattern))]
-            for name, pattern in (spec.split("=", 1) for spec in args.groups)}
     missing = [m for m in metrics if any(m not in r for seeds in runs.values() for rows in seeds for r in rows)]
     if (args.plot or args.along_t) and missing:
         raise SystemExit(f"error: --metrics {','.join(missing)} is not in every probe.json; pick from "
@@ -104,6 +103,7 @@ def main(argv=None):
     if args.along_t:
         save_together({args.along_t: plot_along_t(runs, metrics)})
         print(f"wrote {args.along_t}")
+
 
 def plot(groups, metrics, xlabel):
     """PNG bytes: one panel per metric, its mean ± std over the seeds against each group's number."""
