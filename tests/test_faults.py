@@ -86,7 +86,8 @@ def signalled(argv, signame, ready=lambda: True):
             time.sleep(0.1)
         time.sleep(0.5)
         p.send_signal(getattr(signal, signame))
-        return p.wait(timeout=60), p.communicate()[1]
+        _, err = p.communicate(timeout=60)  # reads the pipes while waiting: a full pipe cannot stall the child
+        return p.returncode, err
     finally:
         p.kill()
         p.communicate()
