@@ -22,7 +22,12 @@ def whitening(train, rel_eps=1e-6):
     accuracy after 1000 iterations, on whitened ones it is done within a few hundred (RESULTS.md, "The
     linear probe")."""
     mean = train.mean(0)
-    eig, vec = torch.linalg.eigh(torch.cov((train - mean).double().T))  # ascending
+    x = (train - mean).double()
+    if len(x) < x.shape[1]:  # fewer codes than features (few-shot, pixels): the same eigenpairs from the codes' SVD
+        _, s, vh = torch.linalg.svd(x, full_matrices=False)
+        eig, vec = (s.square() / max(len(x) - 1, 1)).flip(0), vh.flip(0).T  # ascending, as eigh's
+    else:
+        eig, vec = torch.linalg.eigh(torch.cov(x.T))  # ascending
     keep = eig > rel_eps * eig[-1]
     keep[-1] = True  # constant codes keep one (zero) feature
     return mean, (vec[:, keep] / eig[keep].clamp(min=1e-30).sqrt()).to(train.dtype)
@@ -84,6 +89,8 @@ def linear_probe(x_train, y_train, x_test, y_test, weight_decays=(0.0, 1e-4, 1e-
 @torch.no_grad()
 def participation_ratio(codes):
     """Effective dimension of codes (N, D): (sum of the covariance's eigenvalues)^2 / sum of their
-    squares. D for isotropic codes, 1 when all variance lies on one direction."""
-    eig = torch.linalg.eigvalsh(torch.cov(codes.double().T)).clamp(min=0)
-    return (eig.sum() ** 2 / eig.square().sum().clamp(min=1e-300)).item()
+    squares. D for isotropic codes, 1 when all variance lies on one direction. That is trace(C)^2 / ||C||_F^2,
+    and the Gram matrix of the centred codes (N x N, or D x D) has C's nonzero eigenvalues up to a scale."""
+    x = (codes - codes.mean(0)).double()
+    gram = x @ x.T if len(x) < x.shape[1] else x.T @ x
+    return (gram.trace() ** 2 / gram.square().sum().clamp(min=1e-300)).item()

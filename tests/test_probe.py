@@ -127,6 +127,22 @@ def test_participation_ratio():
     assert participation_ratio(line) == pytest.approx(1, abs=1e-6)                        # one direction
     two = torch.cat([torch.randn(20000, 2), 1e-4 * torch.randn(20000, 30)], 1)            # near-copies of 2
     assert participation_ratio(two) == pytest.approx(2, rel=0.03)
+    wide = torch.randn(40, 300, dtype=torch.float64) * torch.linspace(0.1, 3, 300)     # fewer codes than features
+    eig = torch.linalg.eigvalsh(torch.cov(wide.T)).clamp(min=0)
+    assert participation_ratio(wide) == pytest.approx((eig.sum() ** 2 / eig.square().sum()).item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("n", [40, 900])  # fewer codes than features (the SVD), and more (the covariance)
+def test_whitening_gives_identity_covariance_on_the_training_codes_alone(n):
+    from linear_probe import whitening
+    g = torch.Generator().manual_seed(0)
+    rotation = torch.linalg.qr(torch.randn(120, 120, generator=g, dtype=torch.float64))[0]
+    train = torch.randn(n, 120, generator=g, dtype=torch.float64) * torch.linspace(0.5, 2, 120) @ rotation + 3
+    mean, w = whitening(train)
+    white = (train - mean) @ w
+    assert w.shape == (120, min(n - 1, 120))  # the centred codes span n - 1 directions
+    assert torch.allclose(white.mean(0), torch.zeros(w.shape[1], dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(torch.cov(white.T), torch.eye(w.shape[1], dtype=torch.float64), atol=1e-6)
 
 
 def test_distance_along_t_is_zero_for_an_encoder_that_ignores_t():
