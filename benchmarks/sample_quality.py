@@ -113,22 +113,16 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--device", default=None)
     args = p.parse_args(argv)
-    out, device = prepare_out(args.out), pick_device(args.device)
+    device = pick_device(args.device)
     with exit_on(DataError):
         test_images, test_labels = load_dataset(args.dataset, args.data_dir, train=False)
+    loaded = [read_samples(path, test_images, args.dataset) for path in args.samples]  # every file checked first
+    out = prepare_out(args.out)
+    with exit_on(DataError):
         net, accuracy = cached_classifier(out / "classifier.pt", args, test_images, test_labels, device)
     rows = []
-    for path in args.samples:
-        try:
-            saved = torch.load(path, weights_only=True)
-            x = saved["samples"].to(device).float()
-        except (OSError, RuntimeError, KeyError, TypeError, EOFError, pickle.UnpicklingError) as e:
-            first_line = (str(e).strip().splitlines() or [""])[0][:200]
-            raise SystemExit(f"error: {path} is not a samples file from sample.py --save-tensor "
-                             f"({type(e).__name__}: {first_line})")
-        if x.shape[1:] != test_images.shape[1:] or 2 * len(x) > len(test_images):
-            raise SystemExit(f"error: {path} holds {tuple(x.shape)} samples; {args.dataset} needs shape "
-                             f"{tuple(test_images.shape[1:])} and at most {len(test_images) // 2} samples")
+    for path, saved in zip(args.samples, loaded):
+        x = saved["samples"].to(device).float()
         n = len(x)
         real = test_images[:2 * n].to(device).float() / 255
         f_samples, c_samples = features_and_classes(net, x)
@@ -146,6 +140,21 @@ def main(argv=None):
     with open(out / "quality.jsonl", "a") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
     return rows
+
+
+def read_samples(path, test_images, dataset):
+    """The dict sample.py --save-tensor wrote (samples, optional labels), checked against the test set."""
+    try:
+        saved = torch.load(path, weights_only=True)
+        shape = tuple(saved["samples"].shape)
+    except (OSError, RuntimeError, KeyError, TypeError, AttributeError, EOFError, pickle.UnpicklingError) as e:
+        first_line = (str(e).strip().splitlines() or [""])[0][:200]
+        raise SystemExit(f"error: {path} is not a samples file from sample.py --save-tensor "
+                         f"({type(e).__name__}: {first_line})")
+    if shape[1:] != test_images.shape[1:] or 2 * shape[0] > len(test_images):
+        raise SystemExit(f"error: {path} holds {shape} samples; {dataset} needs shape "
+                         f"{tuple(test_images.shape[1:])} and at most {len(test_images) // 2} samples")
+    return saved
 
 
 def cached_classifier(path, args, test_images, test_labels, device):
