@@ -62,11 +62,11 @@ def test_without_a_run_the_encoder_is_train_drl_s(tmp_path):
 
 def test_stage_end_to_end(tmp_path, tiny_run):
     common = ["--ckpt", tiny_run("tc"), "--num-labeled", "20", "--epochs", "2", "--warmup-epochs", "1",
-              "--max-train", "600", "--max-test", "200", "--device", "cpu", "--batch-size", "64"]
-    result = semisup.main(common + ["--init", "drl", "--mixup", "--check-t", "--check-epochs", "1",
+              "--max-train", "300", "--max-test", "100", "--device", "cpu", "--batch-size", "64"]
+    result = semisup.main(common + ["--init", "drl", "--mixup", "--check-t", "--t-grid", "0.2,0.8", "--check-epochs", "1",
                                     "--out", str(tmp_path / "drl")])
-    assert result["num_labeled"] == 20 and result["unlabeled"] == 580
-    assert set(result["t_check"]) == {0.1, 0.3, 0.5, 0.7, 0.9} and 0 < result["t"] < 1
+    assert result["num_labeled"] == 20 and result["unlabeled"] == 280
+    assert set(result["t_check"]) == {0.2, 0.8} and 0 < result["t"] < 1
     rows = [json.loads(line) for line in (tmp_path / "drl" / "log.jsonl").read_text().splitlines()]
     assert [r["phase"] for r in rows] == ["warm-up", "pseudo", "pseudo"] and "pseudo_label_acc" in rows[1]
     assert result["test_acc"] == rows[-1]["test_acc"]  # the result is the last epoch's test accuracy
