@@ -130,7 +130,7 @@ def plot_along_t(runs, metrics):
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for i, (name, seeds) in enumerate(runs.items()):
-            colour, label = f"C{i}", f"{name} ({len(seeds)} seeds)"
+            colour, label = f"C{i}", f"{name} ({len(seeds)} seed{'s' * (len(seeds) != 1)})"
             ts = sorted({r["t"] for rows in seeds for r in rows if r["t"] is not None})
             if not ts:
                 m, s = mean_std([rows[0][metric] for rows in seeds])
