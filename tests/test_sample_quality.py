@@ -54,12 +54,18 @@ def with_classifier(scored, folder):
     return folder
 
 
+def module_classifier(folder, n_classes):
+    """The classifier folder/classifier.pt holds, in eval mode."""
+    net = sq.Classifier(1, n_classes)
+    net.load_state_dict(torch.load(folder / "classifier.pt")["classifier"])
+    return net.eval()
+
+
 def test_measure_on_shapes(scored_test_images):
     test_images, test_labels = load_dataset("shapes", train=False)
-    net = sq.Classifier(1, int(test_labels.max()) + 1)
-    net.load_state_dict(torch.load(scored_test_images[0] / "classifier.pt")["classifier"])
+    net = module_classifier(scored_test_images[0], int(test_labels.max()) + 1)
     real = test_images.float() / 255
-    f_real, classes = sq.features_and_classes(net.eval(), real)
+    f_real, classes = sq.features_and_classes(net, real)
     assert (classes == test_labels).float().mean().item() > 0.8
     half_a, half_b = f_real[:500], f_real[500:]
     g = torch.Generator().manual_seed(0)
@@ -77,9 +83,8 @@ def test_test_images_scored_as_samples(scored_test_images):
     folder, row = scored_test_images
     test_images, test_labels = load_dataset("shapes", train=False)
     n = len(test_images) // 2
-    net = sq.Classifier(1, int(test_labels.max()) + 1)
-    net.load_state_dict(torch.load(folder / "classifier.pt")["classifier"])
-    classes = sq.features_and_classes(net.eval(), test_images[:n].float() / 255)[1]
+    net = module_classifier(folder, int(test_labels.max()) + 1)
+    classes = sq.features_and_classes(net, test_images[:n].float() / 255)[1]
     assert row["class_agreement"] == (classes == test_labels[:n]).float().mean().item()
     assert row["fd"] == pytest.approx(0, abs=1e-6) and 0 < row["fd_test_vs_test"]
     assert row["saturation_samples"] == row["saturation_test_images"]
