@@ -7,8 +7,10 @@ group against the first (the reference), with the word its p-value earns.
         --plot silhouette.png --metrics silhouette,silhouette_fine --xlabel "training t"
     python benchmarks/seeds_table.py ae='probes/ae-s*/probe.json' tc='probes/tc-s*/probe.json' --t 0.4 \
         --along-t fig4.png
+    python benchmarks/seeds_table.py random='runs/ssl/random-n100-s*/result.json' drl='runs/ssl/drl-n100-s*/result.json'
 
-Each probe.json (probe.py) gives one seed: its first run's row (at --t for a time-conditioned code).
+Each probe.json (probe.py) gives one seed: its first run's row (at --t for a time-conditioned code); each
+result.json (semisup.py) gives one label draw: its test accuracy.
 Prints two markdown tables: the groups' numbers, and each group minus the reference with its p-value
 ("ahead" / "behind" at p < 0.05, "level" otherwise). With --plot, groups named by numbers (a training t,
 a code width) are also drawn: each metric's mean ± std over the seeds against the number. With --along-t,
@@ -29,11 +31,16 @@ pfmt = lambda p: "p < 0.001" if p < 0.001 else f"p = {p:.3f}"  # noqa: E731
 
 PROBES = {"linear": "linear", "k-NN": "knn", "1-shot": "few_shot_1", "5-shot": "few_shot_5",
           "10-shot": "few_shot_10"}
+SEMISUP = {"test accuracy": "test_acc"}
 
 
 def seed_rows(path):
-    """The probe rows (one per t; one with t None for a static code) of a probe.json's first run."""
-    results = json.loads(Path(path).read_text())["results"]
+    """The probe rows (one per t; one with t None for a static code) of a probe.json's first run, or the one
+    row of a semisup.py result.json."""
+    data = json.loads(Path(path).read_text())
+    if "test_acc" in data:
+        return [dict(t=None, test_acc=data["test_acc"])]
+    results = data["results"]
     return results[next(k for k in results if k not in ("raw_pixels", "random_encoder"))]["per_t"]
 
 
@@ -48,7 +55,8 @@ def seed_row(rows, t, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("groups", nargs="+", help="NAME=GLOB of probe.json files, one per seed; the first is the reference")
+    p.add_argument("groups", nargs="+", help="NAME=GLOB of probe.json (or semisup.py's result.json) files, one per "
+                   "seed; the first is the reference")
     p.add_argument("--t", type=float, default=None, help="the t to read of a time-conditioned code")
     p.add_argument("--plot", default=None, help="a PNG of --metrics against the groups' names, which are numbers")
     p.add_argument("--metrics", default="linear", help="--plot: probe.json keys, comma-separated (for example "
@@ -68,23 +76,28 @@ def main(argv=None):
         name, pattern = spec.split("=", 1)
         paths = sorted(glob.glob(pattern))
         if not paths:
-            raise SystemExit(f"error: {pattern} matches no probe.json file")
+            raise SystemExit(f"error: {pattern} matches no probe.json or result.json file")
         runs[name] = [seed_rows(path) for path in paths]
         groups[name] = [seed_row(rows, args.t, path) for rows, path in zip(runs[name], paths)]
-    print("| group | seeds | linear per seed | " + " | ".join(PROBES) + " | dim |")
-    print("|---" * (len(PROBES) + 4) + "|")
+    kinds = {"test_acc" in rows[0] for rows in groups.values()}
+    if len(kinds) > 1:
+        raise SystemExit("error: the groups mix probe.json and semisup.py result.json files; compare like with like")
+    columns = SEMISUP if kinds == {True} else PROBES
+    first = next(iter(columns.values()))
+    print(f"| group | seeds | {first} per seed | " + " | ".join(columns) + " | dim |" * (columns is PROBES))
+    print("|---" * (len(columns) + 3 + (columns is PROBES)) + "|")
     for name, rows in groups.items():
         cells = [f"{mean_std([100 * r[k] for r in rows])[0]:.2f} ± {mean_std([100 * r[k] for r in rows])[1]:.2f}"
-                 for k in PROBES.values()]
-        per_seed = " / ".join(f"{100 * r['linear']:.2f}" for r in rows)
-        dim = mean_std([r["participation_ratio"] for r in rows])[0]
-        print(f"| {name} | {len(rows)} | {per_seed} | " + " | ".join(cells) + f" | {dim:.1f} |")
+                 for k in columns.values()]
+        per_seed = " / ".join(f"{100 * r[first]:.2f}" for r in rows)
+        dim = f" {mean_std([r['participation_ratio'] for r in rows])[0]:.1f} |" if columns is PROBES else ""
+        print(f"| {name} | {len(rows)} | {per_seed} | " + " | ".join(cells) + " |" + dim)
     ref_name, ref = next(iter(groups.items()))
-    print(f"\n| against {ref_name} | " + " | ".join(PROBES) + " |")
-    print("|---" * (len(PROBES) + 1) + "|")
+    print(f"\n| against {ref_name} | " + " | ".join(columns) + " |")
+    print("|---" * (len(columns) + 1) + "|")
     for name, rows in list(groups.items())[1:]:
         cells = []
-        for k in PROBES.values():
+        for k in columns.values():
             if min(len(rows), len(ref)) < 2:  # a t-test needs two seeds a side
                 diff = mean_std([100 * r[k] for r in rows])[0] - mean_std([100 * r[k] for r in ref])[0]
                 cells.append(f"{diff:+.2f}, one seed: no test")

@@ -74,3 +74,19 @@ def test_seeds_table_draws_a_time_conditioned_code_along_t(tmp_path, capsys):
     seeds_table.main(groups + ["--t", "0.5", "--along-t", str(tmp_path / "fig4.png"), "--metrics", "linear,knn"])
     assert "| tc | 2 | 85.00 / 85.00 |" in capsys.readouterr().out  # the row at t = 0.5 of each seed
     assert (tmp_path / "fig4.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_seeds_table_reads_semisup_results(tmp_path, capsys):
+    for name, accs in (("random", (0.70, 0.72, 0.71)), ("drl", (0.75, 0.77, 0.76))):
+        for seed, acc in enumerate(accs):
+            (tmp_path / f"{name}-s{seed}").mkdir()
+            (tmp_path / f"{name}-s{seed}" / "result.json").write_text(json.dumps(dict(test_acc=acc, num_labeled=100)))
+    groups = [f"{name}={tmp_path}/{name}-s*/result.json" for name in ("random", "drl")]
+    seeds_table.main(groups)
+    out = capsys.readouterr().out
+    diff, _, _, p = stats.welch([75, 77, 76], [70, 72, 71])
+    assert "| drl | 3 | 75.00 / 77.00 / 76.00 | 76.00 ± 1.00 |" in out
+    assert f"| drl | {diff:+.2f}, {seeds_table.pfmt(p)}: ahead |" in out
+    write_probe(tmp_path / "ae-s0" / "probe.json", 0.8, silhouette=0.1)
+    with pytest.raises(SystemExit, match="compare like with like"):
+        seeds_table.main(groups + [f"ae={tmp_path}/ae-s*/probe.json"])
