@@ -83,8 +83,8 @@ def main(argv=None):
     if len(kinds) > 1:
         raise SystemExit("error: the groups mix probe.json and semisup.py result.json files; compare like with like")
     columns = SEMISUP if kinds == {True} else PROBES
-    first = next(iter(columns.values()))
-    print(f"| group | seeds | {first} per seed | " + " | ".join(columns) + " | dim |" * (columns is PROBES))
+    (first_name, first), = list(columns.items())[:1]
+    print(f"| group | seeds | {first_name} per seed | " + " | ".join(columns) + " |" + " dim |" * (columns is PROBES))
     print("|---" * (len(columns) + 3 + (columns is PROBES)) + "|")
     for name, rows in groups.items():
         cells = [f"{mean_std([100 * r[k] for r in rows])[0]:.2f} ± {mean_std([100 * r[k] for r in rows])[1]:.2f}"

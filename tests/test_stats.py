@@ -85,7 +85,8 @@ def test_seeds_table_reads_semisup_results(tmp_path, capsys):
     seeds_table.main(groups)
     out = capsys.readouterr().out
     diff, _, _, p = stats.welch([75, 77, 76], [70, 72, 71])
-    assert "| drl | 3 | 75.00 / 77.00 / 76.00 | 76.00 ± 1.00 |" in out
+    assert "| group | seeds | test accuracy per seed | test accuracy |\n" in out
+    assert "| drl | 3 | 75.00 / 77.00 / 76.00 | 76.00 ± 1.00 |\n" in out
     assert f"| drl | {diff:+.2f}, {seeds_table.pfmt(p)}: ahead |" in out
     write_probe(tmp_path / "ae-s0" / "probe.json", 0.8, silhouette=0.1)
     with pytest.raises(SystemExit, match="compare like with like"):
