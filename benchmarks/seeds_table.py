@@ -83,7 +83,7 @@ def main(argv=None):
     if len(kinds) > 1:
         raise SystemExit("error: the groups mix probe.json and semisup.py result.json files; compare like with like")
     columns = SEMISUP if kinds == {True} else PROBES
-    (first_name, first), = list(columns.items())[:1]
+    first_name, first = next(iter(columns.items()))
     print(f"| group | seeds | {first_name} per seed | " + " | ".join(columns) + " |" + " dim |" * (columns is PROBES))
     print("|---" * (len(columns) + 3 + (columns is PROBES)) + "|")
     for name, rows in groups.items():
