@@ -7,7 +7,8 @@ group against the first (the reference), with the word its p-value earns.
         --plot silhouette.png --metrics silhouette,silhouette_fine --xlabel "training t"
     python benchmarks/seeds_table.py ae='probes/ae-s*/probe.json' tc='probes/tc-s*/probe.json' --t 0.4 \
         --along-t fig4.png
-    python benchmarks/seeds_table.py random='runs/ssl/random-n100-no-mixup-s*/result.json' drl='runs/ssl/drl-n100-no-mixup-s*/result.json'
+    python benchmarks/seeds_table.py random='runs/ssl/random-n100-no-mixup-s*/result.json' \
+        drl='runs/ssl/drl-n100-no-mixup-s*/result.json'
 
 Each probe.json (probe.py) gives one seed: its first run's row (at --t for a time-conditioned code); each
 result.json (semisup.py) gives one label draw: its test accuracy.
